@@ -1,0 +1,208 @@
+"""The ``ldcodec`` command line (click). Commands are thin; logic lives in the library."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+import time
+import warnings
+
+import click
+
+# Deprecation chatter from torch/compressai internals is not for our users.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", message=".*onednn.*")
+
+from ldcodec.cli.files import check_distinct, read_input_bytes, write_output
+from ldcodec.cli.train_command import train_command
+from ldcodec.errors import LdcodecError
+
+EXIT_ERROR = 2
+
+
+class LdcodecGroup(click.Group):
+    """Turns every :class:`LdcodecError` into a one-line message and exit code 2."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except LdcodecError as exc:
+            click.echo(f"ldcodec: error: {exc}", err=True)
+            sys.exit(EXIT_ERROR)
+        except KeyboardInterrupt:
+            click.echo("ldcodec: interrupted", err=True)
+            sys.exit(130)
+        except MemoryError:
+            click.echo("ldcodec: error: out of memory", err=True)
+            sys.exit(EXIT_ERROR)
+
+
+def _show_warnings_on_stderr() -> None:
+    def show(message, category, filename, lineno, file=None, line=None):
+        click.echo(f"ldcodec: warning: {message}", err=True)
+
+    warnings.showwarning = show
+
+
+@click.group(cls=LdcodecGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="ldcodec")
+def cli():
+    """ldcodec: learned image compression (VAE + hyperprior, range-coded .ldc streams).
+
+    \b
+      ldcodec encode photo.png -o photo.ldc --quality 0.4   (or --bpp 0.25)
+      ldcodec decode photo.ldc -o photo.png
+      ldcodec info photo.ldc
+      ldcodec demo                                          (round trip of a bundled image)
+    """
+    _show_warnings_on_stderr()
+
+
+_model_option = click.option("--model", default=None, help="Model id or .safetensors path [shipped default].")
+_threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the transforms.")
+_max_pixels_option = click.option("--max-pixels", type=click.IntRange(min=1), default=None,
+                                  help="Refuse images larger than this many pixels [200,000,000].")
+
+
+def _codec(model, threads, max_pixels=None, precision="fp32"):
+    import torch
+
+    import ldcodec
+
+    if threads:
+        torch.set_num_threads(threads)
+    kwargs = {"precision": precision}
+    if max_pixels:
+        kwargs["max_pixels"] = max_pixels
+    if model:
+        kwargs["model"] = model
+    return ldcodec.load(**kwargs)
+
+
+@cli.command("encode")
+@click.argument("input_path", metavar="IN")
+@click.option("-o", "--output", "output_path", required=True, metavar="OUT", help="Output .ldc file, or - for stdout.")
+@click.option("-q", "--quality", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Quality in [0, 1]: 0 ≈ 0.1 bpp, 1 ≈ 1 bpp on photos [0.5].")
+@click.option("--bpp", type=click.FloatRange(min=0.0, min_open=True), default=None,
+              help="Target bits per pixel: picks the highest quality that fits.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Arithmetic of the analysis transform (streams decode identically either way).")
+@_model_option
+@_threads_option
+@_max_pixels_option
+def encode_command(input_path, output_path, quality, bpp, precision, model, threads, max_pixels):
+    """Compress image IN (any format Pillow reads; - for stdin) to the .ldc stream OUT."""
+    from ldcodec.codec.image_io import open_image_bytes
+
+    if quality is not None and bpp is not None:
+        raise click.UsageError("give --quality or --bpp, not both")
+    check_distinct(input_path, output_path)
+    image = open_image_bytes(read_input_bytes(input_path), input_path)
+    codec = _codec(model, threads, max_pixels, precision)
+    start = time.perf_counter()
+    blob = codec.encode(image, quality=quality, bpp=bpp)
+    elapsed = time.perf_counter() - start
+    write_output(output_path, blob)
+    if output_path != "-":
+        w, h = image.size
+        click.echo(f"{output_path}: {len(blob)} bytes, {8 * len(blob) / (w * h):.4f} bpp, {w}x{h}, "
+                   f"encoded in {elapsed:.2f} s", err=True)
+
+
+@cli.command("decode")
+@click.argument("input_path", metavar="IN")
+@click.option("-o", "--output", "output_path", required=True, metavar="OUT",
+              help="Output image (format from the extension: .png, .bmp, .tif, .webp...), or - for PNG on stdout.")
+@click.option("--steps", type=click.IntRange(0, 8), default=0, show_default=True,
+              help="Diffusion steps; 0 = distortion-optimal decode without diffusion.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Noise seed for diffusion (steps > 0).")
+@_model_option
+@_threads_option
+@_max_pixels_option
+def decode_command(input_path, output_path, steps, seed, model, threads, max_pixels):
+    """Reconstruct the image in the .ldc stream IN (- for stdin) and write it to OUT."""
+    check_distinct(input_path, output_path)
+    blob = read_input_bytes(input_path)
+    codec = _codec(model, threads, max_pixels)
+    start = time.perf_counter()
+    image = codec.decode(blob, steps=steps, seed=seed)
+    elapsed = time.perf_counter() - start
+    write_output(output_path, _image_bytes(image, output_path))
+    if output_path != "-":
+        click.echo(f"{output_path}: {image.size[0]}x{image.size[1]} {image.mode}, decoded in {elapsed:.2f} s", err=True)
+
+
+def _image_bytes(image, output_path: str) -> bytes:
+    from PIL import Image
+
+    from ldcodec.cli.files import OutputError
+
+    fmt = "PNG"
+    if output_path != "-":
+        ext = output_path.rsplit(".", 1)[-1].lower() if "." in output_path else ""
+        fmt = Image.registered_extensions().get(f".{ext}", "PNG")
+    buf = io.BytesIO()
+    try:
+        image.save(buf, format=fmt)
+    except (OSError, ValueError, KeyError) as exc:
+        raise OutputError(f"{output_path}: cannot save a {image.mode} image as {fmt} ({exc})") from None
+    return buf.getvalue()
+
+
+@cli.command("info")
+@click.argument("input_path", metavar="IN")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def info_command(input_path, as_json):
+    """Describe the .ldc stream IN: size, model, rate, sections (all CRCs checked)."""
+    from ldcodec.codec.image_codec import stream_info
+
+    info = stream_info(read_input_bytes(input_path))
+    if as_json:
+        click.echo(json.dumps(info.to_dict(), indent=2))
+        return
+    click.echo(f"{input_path}: ldcodec stream, format version {info.format_version}")
+    click.echo(f"  image    {info.width}x{info.height} {info.mode}")
+    click.echo(f"  model    {info.model_id} (weights {info.weights_hash})")
+    click.echo(f"  quality  {info.quality:.4f}")
+    click.echo(f"  size     {info.bytes} bytes, {info.bpp:.4f} bpp")
+    for name, size in info.sections.items():
+        click.echo(f"  section  {name}: {size} bytes")
+
+
+@cli.command("demo")
+@click.option("-q", "--quality", type=click.FloatRange(0.0, 1.0), default=0.3, show_default=True)
+@click.option("--out", "out_dir", default=None, help="Also keep sample.ldc and sample-decoded.png in this folder.")
+def demo_command(quality, out_dir):
+    """Round-trip the sample image bundled with ldcodec; print bpp, PSNR and times."""
+    from pathlib import Path
+
+    import numpy as np
+
+    from ldcodec.codec.image_io import open_image
+    from ldcodec.eval.metrics import psnr as psnr_uint8
+
+    sample = Path(__file__).resolve().parent.parent / "assets" / "sample.png"
+    image = open_image(sample)
+    codec = _codec(None, None)
+    t0 = time.perf_counter()
+    blob = codec.encode(image, quality=quality)
+    t1 = time.perf_counter()
+    decoded = codec.decode(blob)
+    t2 = time.perf_counter()
+    w, h = image.size
+    click.echo(f"sample {w}x{h}, quality {quality}: {len(blob)} bytes = {8 * len(blob) / (w * h):.4f} bpp, "
+               f"PSNR {psnr_uint8(np.asarray(image.convert('RGB')), np.asarray(decoded.convert('RGB'))):.2f} dB, "
+               f"encode {t1 - t0:.2f} s, decode {t2 - t1:.2f} s")
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_output(str(Path(out_dir) / "sample.ldc"), blob)
+        write_output(str(Path(out_dir) / "sample-decoded.png"), _image_bytes(decoded, "x.png"))
+
+
+cli.add_command(train_command)
+
+
+def main() -> None:
+    cli(prog_name="ldcodec")

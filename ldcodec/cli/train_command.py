@@ -1,0 +1,49 @@
+"""``ldcodec train``: thin wrapper over :mod:`ldcodec.train.trainer`."""
+
+from __future__ import annotations
+
+import click
+
+from ldcodec.codec.model import ModelConfig
+
+
+@click.command("train")
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--run", default="hp-v1", show_default=True, help="Run name: checkpoint folder and model id.")
+@click.option("--steps", default=6000, show_default=True, help="Total optimizer steps (the lr schedule is laid over these).")
+@click.option("--batch", default=16, show_default=True)
+@click.option("--crop", default=128, show_default=True, help="Random crop size in pixels.")
+@click.option("--lr", default=5e-4, show_default=True)
+@click.option("--decay-fraction", default=0.3, show_default=True, help="Final fraction of steps with cosine lr decay.")
+@click.option("--channels", default=96, show_default=True, help="N: transform width.")
+@click.option("--latent-channels", default=128, show_default=True, help="M: latent channels.")
+@click.option("--lambda-min", default=0.0008, show_default=True, help="λ at quality 0.")
+@click.option("--lambda-max", default=0.06, show_default=True, help="λ at quality 1.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA or on CPUs with native bf16, else fp32.")
+@click.option("--threads", default=0, help="CPU threads (0: torch default).")
+@click.option("--checkpoint-dir", default=None, help="Where resumable checkpoints live [~/.cache/ldcodec-train].")
+@click.option("--max-minutes", default=0.0, help="Stop (checkpointed) after this many minutes; 0 = no limit.")
+@click.option("--export", "export_path", default="", help="Write safetensors weights here at every checkpoint and at the end.")
+@click.option("--seed", default=0, show_default=True)
+def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, latent_channels, lambda_min,
+                  lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, seed):
+    """Train a variable-rate model on the images in DATA (resumes from the run's checkpoint).
+
+    A held-out split (about 1 image in 20, chosen by a hash of its path) is never
+    trained on; it is used for validation. Example:
+
+        ldcodec train ../shared/data/train --run hp-v1 --steps 6000 --export ldcodec/weights/hp-v1.safetensors
+    """
+    from ldcodec.train.trainer import DEFAULT_CHECKPOINT_DIR, TrainConfig, Trainer
+
+    cfg = TrainConfig(
+        data=data, run=run, steps=steps, batch=batch, crop=crop, lr=lr, decay_fraction=decay_fraction,
+        device=device, precision=precision, threads=threads,
+        checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), max_minutes=max_minutes,
+        export=export_path, seed=seed,
+        model=ModelConfig(channels=channels, latent_channels=latent_channels,
+                          lambda_min=lambda_min, lambda_max=lambda_max),
+    )
+    Trainer(cfg).run()

@@ -1,0 +1,1 @@
+"""Models: transforms, variable-rate gains, and the reproducible entropy parameters."""

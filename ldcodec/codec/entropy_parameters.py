@@ -1,0 +1,109 @@
+"""The entropy-model parameters the arithmetic coder sees, computed reproducibly.
+
+Encoder and decoder must feed the coder bit-identical distributions, whatever
+precision, device or thread count the transforms ran with. Two rules make that so:
+
+* the hyper-latent prior is a fixed table (one probability vector per channel)
+  computed once at export time and stored in the weights file;
+* the Gaussian parameters of the latents come from ``h_s(ẑ)`` evaluated on a fixed
+  path — float32, CPU, one thread, no oneDNN, no autocast — and are then snapped:
+  means to a 1/64 grid, scales to the index of a log-spaced table. Snapping
+  absorbs last-bit differences that a different BLAS kernel could still cause.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from compressai.entropy_models import EntropyBottleneck
+from torch import nn
+
+from ldcodec.codec.model import SCALE_LOWER_BOUND
+
+#: Hyper-latent symbols are clamped to [-Z_RADIUS, Z_RADIUS].
+Z_RADIUS = 64
+#: Latent symbols (gained latents minus snapped mean) are clamped to this range.
+Y_SYMBOL_MIN, Y_SYMBOL_MAX = -2048, 2047
+#: Means are snapped to multiples of 1 / MEAN_GRID.
+MEAN_GRID = 64
+#: Scale table: SCALE_LEVELS log-spaced values from SCALE_LOWER_BOUND to SCALE_MAX.
+SCALE_LEVELS = 64
+SCALE_MAX = 256.0
+SCALE_TABLE = np.exp(
+    np.linspace(np.log(SCALE_LOWER_BOUND), np.log(SCALE_MAX), SCALE_LEVELS)
+).astype(np.float64)
+_LOG_SCALE_STEP = (np.log(SCALE_MAX) - np.log(SCALE_LOWER_BOUND)) / (SCALE_LEVELS - 1)
+
+
+def hyper_prior_table(entropy_bottleneck: EntropyBottleneck, radius: int = Z_RADIUS) -> torch.Tensor:
+    """Per-channel probabilities of the integers -radius..radius, shape (C, 2·radius+1).
+
+    A floor keeps every symbol codable; rows are normalised to sum to one.
+    """
+    channels = entropy_bottleneck.channels
+    support = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    with torch.no_grad(), fixed_cpu_path():
+        inputs = support[None, None, :].repeat(channels, 1, 1)
+        pmf, _, _ = entropy_bottleneck._likelihood(inputs)
+    pmf = pmf[:, 0, :].double().clamp_min(0.0) + 1e-9
+    return (pmf / pmf.sum(dim=1, keepdim=True)).float()
+
+
+@contextlib.contextmanager
+def fixed_cpu_path():
+    """float32, one thread, native kernels, autocast off: a reproducible evaluation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with warnings.catch_warnings():
+            # Toggling oneDNN off warns about Intel-GPU TF32, irrelevant here.
+            warnings.simplefilter("ignore", UserWarning)
+            mkldnn_off = torch.backends.mkldnn.flags(enabled=False)
+            mkldnn_off.__enter__()
+        try:
+            with torch.autocast("cpu", enabled=False):
+                yield
+        finally:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                mkldnn_off.__exit__(None, None, None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class GaussianParameters:
+    """Snapped Gaussian parameters of the gained latents, as float64 arrays (C, H, W)."""
+
+    means: np.ndarray
+    scale_indexes: np.ndarray
+
+    @property
+    def scales(self) -> np.ndarray:
+        return SCALE_TABLE[self.scale_indexes]
+
+
+def snap_means(means: np.ndarray) -> np.ndarray:
+    return np.round(means.astype(np.float64) * MEAN_GRID) / MEAN_GRID
+
+
+def snap_scales(scales: np.ndarray) -> np.ndarray:
+    s = np.clip(np.abs(scales.astype(np.float64)), SCALE_LOWER_BOUND, SCALE_MAX)
+    idx = np.round((np.log(s) - np.log(SCALE_LOWER_BOUND)) / _LOG_SCALE_STEP)
+    return np.clip(idx, 0, SCALE_LEVELS - 1).astype(np.int64)
+
+
+def gaussian_parameters(hyper_synthesis: nn.Module, z_hat: np.ndarray) -> GaussianParameters:
+    """(means, scale indexes) for integer hyper-latents ``z_hat`` of shape (C, h, w).
+
+    ``hyper_synthesis`` must be a float32, contiguous (NCHW) CPU module.
+    """
+    z = torch.from_numpy(np.ascontiguousarray(z_hat, dtype=np.float32))[None]
+    with torch.inference_mode(), fixed_cpu_path():
+        params = hyper_synthesis(z)[0]
+    scales, means = params.chunk(2, 0)
+    return GaussianParameters(means=snap_means(means.numpy()), scale_indexes=snap_scales(scales.numpy()))

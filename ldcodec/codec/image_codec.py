@@ -1,0 +1,223 @@
+"""The user-facing codec: image -> ``.ldc`` bytes -> image.
+
+Ties together input preparation, the transforms, the reproducible entropy
+parameters and the container. The analysis/synthesis transforms may run in
+bf16 or on a GPU; the entropy parameters never do (see entropy_parameters).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from ldcodec.bitstream import container
+from ldcodec.bitstream.container import ColorMode, Header, SectionTag, Stream
+from ldcodec.bitstream.entropy_coding import (
+    decode_hyper_latents,
+    decode_latents,
+    encode_hyper_latents,
+    encode_latents,
+)
+from ldcodec.codec.entropy_parameters import Y_SYMBOL_MAX, Y_SYMBOL_MIN, Z_RADIUS, gaussian_parameters
+from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
+from ldcodec.codec.transforms import HYPER_STRIDE
+from ldcodec.codec.weights import DEFAULT_MODEL_ID, LoadedWeights, load_weights
+from ldcodec.errors import BitstreamError, InputImageError, LdcodecError, ModelMismatchError, NoDiffusionDecoderError
+
+
+@dataclass
+class StreamInfo:
+    """What a stream's header says, plus its size."""
+
+    model_id: str
+    weights_hash: str
+    format_version: int
+    width: int
+    height: int
+    mode: str
+    quality: float
+    bytes: int
+    bpp: float
+    sections: dict[str, int]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def stream_info(blob: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> StreamInfo:
+    """Parse a stream (all CRCs checked) and describe it, without decoding pixels."""
+    stream = container.parse(blob, max_pixels)
+    h = stream.header
+    return StreamInfo(
+        model_id=h.model_id, weights_hash=h.weights_hash.hex(), format_version=h.version,
+        width=h.width, height=h.height, mode=h.mode.name, quality=round(h.quality, 6),
+        bytes=len(blob), bpp=8.0 * len(blob) / (h.width * h.height),
+        sections={tag.name.lower(): len(p) for tag, p in stream.sections.items()},
+    )
+
+
+def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    # Replicate needs pad < size for reflect; replicate works for any size.
+    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+
+
+class ImageCodec:
+    """Encode images to ``.ldc`` bytes and decode them back.
+
+    ``precision`` ("fp32" or "bf16") and ``device`` apply to the transforms only;
+    streams are interchangeable between all settings.
+    """
+
+    def __init__(self, weights: LoadedWeights, device: str | torch.device = "cpu", precision: str = "fp32",
+                 max_pixels: int = container.DEFAULT_MAX_PIXELS):
+        if precision not in ("fp32", "bf16"):
+            raise ValueError("precision must be 'fp32' or 'bf16'")
+        self.weights = weights
+        self.model_id = weights.model_id
+        self.device = torch.device(device)
+        self.precision = precision
+        self.max_pixels = max_pixels
+        self.model = weights.model.to(self.device).eval()
+        # The entropy-parameter path keeps its own float32, contiguous CPU copy.
+        self._hyper_synthesis = copy.deepcopy(weights.model.h_s).cpu().float().eval()
+        self._prior_table = weights.prior_table.cpu().numpy()
+        self._latent_channels = weights.model.config.latent_channels
+        self._hyper_channels = weights.model.config.channels
+
+    @property
+    def has_diffusion_decoder(self) -> bool:
+        return False
+
+    # Encoding ---------------------------------------------------------------------------
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def _analyse_latents(self, rgb: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0).to(self.device)
+        x = _pad_to_multiple(x, HYPER_STRIDE)
+        with torch.inference_mode(), self._autocast():
+            return self.model.g_a(x).float()
+
+    def _code_at_quality(self, y: torch.Tensor, quality_code: int) -> tuple[bytes, bytes]:
+        quality = torch.tensor([quality_code / 65535.0], dtype=torch.float32, device=self.device)
+        with torch.inference_mode():
+            y_g = y * self.model.gain.gain(quality)
+            with self._autocast():
+                z = self.model.h_a(y_g)
+        z_sym = torch.clamp(torch.round(z.float()), -Z_RADIUS, Z_RADIUS)[0].cpu().numpy().astype(np.int32)
+        params = gaussian_parameters(self._hyper_synthesis, z_sym)
+        y_np = y_g[0].float().cpu().numpy().astype(np.float64)
+        symbols = np.clip(np.round(y_np - params.means), Y_SYMBOL_MIN, Y_SYMBOL_MAX).astype(np.int32)
+        return (encode_hyper_latents(z_sym + Z_RADIUS, self._prior_table),
+                encode_latents(symbols, params.scale_indexes))
+
+    def _assemble(self, prepared, quality_code: int, z_bytes: bytes, y_bytes: bytes) -> bytes:
+        header = Header(model_id=self.model_id, weights_hash=self.weights.sha256[: container.HASH_BYTES],
+                        width=prepared.width, height=prepared.height, mode=prepared.mode,
+                        quality_code=quality_code)
+        sections = {SectionTag.HYPER_LATENTS: z_bytes, SectionTag.LATENTS: y_bytes}
+        if prepared.alpha is not None:
+            sections[SectionTag.ALPHA] = encode_alpha(prepared.alpha)
+        return container.serialize(Stream(header=header, sections=sections))
+
+    def encode(self, image, quality: float | None = None, bpp: float | None = None) -> bytes:
+        """Compress ``image`` (PIL image, uint8 array H×W / H×W×3 / H×W×4, or path).
+
+        Give ``quality`` in [0, 1] (default 0.5), or ``bpp``: the highest quality whose
+        whole stream stays within that many bits per pixel (bisection on quality).
+        """
+        if quality is not None and bpp is not None:
+            raise ValueError("give quality or bpp, not both")
+        if quality is not None and not (0.0 <= float(quality) <= 1.0) or (quality is not None and math.isnan(quality)):
+            raise InputImageError(f"quality must be in [0, 1], got {quality}")
+        if bpp is not None and not (bpp > 0 and math.isfinite(bpp)):
+            raise InputImageError(f"target bpp must be a positive number, got {bpp}")
+        prepared = prepare_image(image)
+        if prepared.width * prepared.height > self.max_pixels:
+            raise InputImageError(f"image of {prepared.width}x{prepared.height} exceeds the limit of "
+                                  f"{self.max_pixels} pixels")
+        if max(prepared.width, prepared.height) > container.MAX_SIDE:
+            raise InputImageError(f"image sides must be at most {container.MAX_SIDE} pixels")
+        y = self._analyse_latents(prepared.rgb)
+
+        def build(code: int) -> bytes:
+            return self._assemble(prepared, code, *self._code_at_quality(y, code))
+
+        if bpp is None:
+            return build(Header.quality_to_code(0.5 if quality is None else quality))
+        return self._search_bpp(build, bpp, prepared.width * prepared.height)
+
+    @staticmethod
+    def _search_bpp(build, target_bpp: float, pixels: int) -> bytes:
+        """Bisection on the 16-bit quality code: largest code whose stream fits the target."""
+        budget = target_bpp * pixels / 8.0
+        lo, hi = 0, 65535
+        best = build(lo)
+        if len(best) > budget:
+            return best  # even the lowest quality is over budget: closest we can do
+        top = build(hi)
+        if len(top) <= budget:
+            return top
+        while hi - lo > 64:
+            mid = (lo + hi) // 2
+            blob = build(mid)
+            if len(blob) <= budget:
+                lo, best = mid, blob
+            else:
+                hi = mid
+        return best
+
+    # Decoding ---------------------------------------------------------------------------
+    def _check_model(self, header: Header) -> None:
+        if header.model_id != self.model_id or header.weights_hash != self.weights.sha256[: container.HASH_BYTES]:
+            raise ModelMismatchError(
+                f"stream needs model {header.model_id!r} (weights {header.weights_hash.hex()}); this codec has "
+                f"{self.model_id!r} (weights {self.weights.sha256[:container.HASH_BYTES].hex()})"
+            )
+
+    def decode_latents(self, blob: bytes) -> tuple[Stream, np.ndarray]:
+        """Entropy-decode a stream to the dequantized gained latents ŷ (float64, C×H×W)."""
+        stream = container.parse(blob, self.max_pixels)
+        self._check_model(stream.header)
+        h = stream.header
+        ph, pw = -(-h.height // HYPER_STRIDE), -(-h.width // HYPER_STRIDE)
+        z_sym = decode_hyper_latents(stream.sections[SectionTag.HYPER_LATENTS], self._prior_table,
+                                     (self._hyper_channels, ph, pw)) - Z_RADIUS
+        params = gaussian_parameters(self._hyper_synthesis, z_sym)
+        symbols = decode_latents(stream.sections[SectionTag.LATENTS], params.scale_indexes)
+        return stream, symbols + params.means
+
+    def decode(self, blob: bytes, steps: int = 0, seed: int = 0) -> Image.Image:
+        """Reconstruct the image. ``steps`` > 0 asks for the diffusion decoder."""
+        if steps < 0:
+            raise LdcodecError("steps must be >= 0")
+        if steps > 0 and not self.has_diffusion_decoder:
+            raise NoDiffusionDecoderError(f"model {self.model_id!r} has no diffusion decoder; use steps=0")
+        stream, y_hat = self.decode_latents(blob)
+        h = stream.header
+        alpha = decode_alpha(stream.sections[SectionTag.ALPHA], h.width, h.height) if h.mode.has_alpha else None
+        quality = torch.tensor([h.quality], dtype=torch.float32, device=self.device)
+        y = torch.from_numpy(y_hat.astype(np.float32))[None].to(self.device)
+        with torch.inference_mode(), self._autocast():
+            x_hat = self.model.synthesise(y, quality)
+        with torch.inference_mode():
+            x_hat = x_hat.float()[0, :, : h.height, : h.width].clamp(0, 1).mul(255).round()
+            rgb = x_hat.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        return finish_image(np.ascontiguousarray(rgb), h.mode, alpha)
+
+
+def load(model: str | Path = DEFAULT_MODEL_ID, device: str = "cpu", precision: str = "fp32",
+         max_pixels: int = container.DEFAULT_MAX_PIXELS) -> ImageCodec:
+    """The codec with the shipped weights (no network). ``model`` is an id or a .safetensors path."""
+    return ImageCodec(load_weights(model), device=device, precision=precision, max_pixels=max_pixels)

@@ -1,0 +1,1 @@
+"""Training of the ldcodec models (``ldcodec train``)."""

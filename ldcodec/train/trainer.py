@@ -1,0 +1,234 @@
+"""Rate–distortion training loop: resumable, CPU or CUDA, exports safetensors.
+
+Each sample in a batch gets its own quality t ~ U[0,1] and the matching
+λ(t) (log-linear between the config's λ_min and λ_max), so one set of weights
+learns the whole rate range. Loss = mean over samples of λ·255²·MSE + bpp.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ldcodec.codec.model import HyperpriorModel, ModelConfig
+from ldcodec.codec.weights import export_weights
+from ldcodec.train.data import CropSampler, split_images
+
+DEFAULT_CHECKPOINT_DIR = Path(os.environ.get("LDCODEC_TRAIN_DIR", Path.home() / ".cache" / "ldcodec-train"))
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    run: str = "hp-v1"
+    steps: int = 6000
+    batch: int = 16
+    crop: int = 128
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup: int = 200
+    #: The last ``decay_fraction`` of the steps decay the learning rate (cosine) to ``min_lr``.
+    decay_fraction: float = 0.3
+    clip_norm: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    #: "auto" uses bf16 autocast only where the CPU has native bf16 (AVX512-BF16/AMX) or on CUDA.
+    precision: str = "auto"
+    threads: int = 0
+    checkpoint_dir: str = str(DEFAULT_CHECKPOINT_DIR)
+    checkpoint_minutes: float = 5.0
+    validate_every: int = 500
+    max_minutes: float = 0.0
+    export: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision == "auto":
+        return device.type == "cuda" or cpu_has_native_bf16()
+    return precision == "bf16"
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    decay_start = int(cfg.steps * (1.0 - cfg.decay_fraction))
+    if step < decay_start:
+        return cfg.lr
+    progress = min(1.0, (step - decay_start) / max(1, cfg.steps - decay_start))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def rd_terms(model: HyperpriorModel, x: torch.Tensor, quality: torch.Tensor, bf16: bool):
+    """Per-sample (bpp, mse) of a batch."""
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x, quality)
+    pixels = x.shape[2] * x.shape[3]
+    bits = -(out.y_likelihoods.log2().sum(dim=(1, 2, 3)) + out.z_likelihoods.log2().sum(dim=(1, 2, 3)))
+    bpp = bits / pixels
+    mse = ((out.x_hat.float() - x) ** 2).mean(dim=(1, 2, 3))
+    return bpp, mse
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        self.bf16 = use_bf16(cfg.precision, self.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.run_dir = Path(cfg.checkpoint_dir) / cfg.run
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.checkpoint_path = self.run_dir / "last.pt"
+        self.log_path = self.run_dir / "log.csv"
+        torch.manual_seed(cfg.seed)
+        self.model = HyperpriorModel(cfg.model).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")], lr=cfg.lr
+        )
+        self.step = 0
+        self.elapsed = 0.0
+        self._resume()
+
+    # Checkpoints ----------------------------------------------------------------------
+    def _resume(self) -> None:
+        if not self.checkpoint_path.exists():
+            return
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
+        saved = ModelConfig(**state["model_config"])
+        if saved != self.cfg.model:
+            raise SystemExit(f"checkpoint {self.checkpoint_path} has model {saved}, not {self.cfg.model}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = state["step"]
+        self.elapsed = state.get("elapsed", 0.0)
+        torch.set_rng_state(state["torch_rng"])
+        print(f"resumed {self.checkpoint_path} at step {self.step} ({self.elapsed / 3600:.2f} h trained)", flush=True)
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "model_config": asdict(self.cfg.model),
+            "train_config": {k: v for k, v in asdict(self.cfg).items() if k != "model"},
+            "torch_rng": torch.get_rng_state(),
+        }
+        tmp = self.checkpoint_path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.checkpoint_path)
+
+    def export(self, path: str | Path) -> Path:
+        info = {
+            "steps": self.step,
+            "hours": round(self.elapsed / 3600, 3),
+            "data": self.cfg.data,
+            "batch": self.cfg.batch,
+            "crop": self.cfg.crop,
+            "lr": self.cfg.lr,
+            "device": str(self.device),
+            "precision": "bf16" if self.bf16 else "fp32",
+            "machine": platform.processor() or platform.machine(),
+            "torch": torch.__version__,
+        }
+        model = HyperpriorModel(self.cfg.model)
+        model.load_state_dict(self.model.state_dict())
+        return export_weights(model, path, model_id=self.cfg.run, info=info)
+
+    # Loop ---------------------------------------------------------------------------
+    def _log(self, row: dict) -> None:
+        new = not self.log_path.exists()
+        with open(self.log_path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+
+    def validate(self, batch: torch.Tensor) -> dict:
+        self.model.eval()
+        row = {}
+        with torch.no_grad():
+            for q in (0.0, 0.5, 1.0):
+                quality = torch.full((batch.shape[0],), q, device=self.device)
+                bpp, mse = rd_terms(self.model, batch, quality, self.bf16)
+                row[f"val_bpp_q{q}"] = round(bpp.mean().item(), 4)
+                row[f"val_psnr_q{q}"] = round((10 * torch.log10(1.0 / mse.mean())).item(), 3)
+        self.model.train()
+        return row
+
+    def run(self) -> None:
+        cfg = self.cfg
+        train_files, held_files = split_images(cfg.data)
+        print(f"data: {len(train_files)} training images, {len(held_files)} held out; device {self.device}, "
+              f"{'bf16 autocast' if self.bf16 else 'fp32'}, {torch.get_num_threads()} threads", flush=True)
+        sampler = CropSampler(train_files, cfg.crop, seed=cfg.seed + self.step)
+        val = CropSampler(held_files or train_files[:4], min(256, cfg.crop * 2), seed=1234).batch(8)
+        val = torch.from_numpy(val).to(self.device)
+        self.model.train()
+        start = time.time()
+        last_ckpt = time.time()
+        bar = tqdm(total=cfg.steps, initial=self.step, mininterval=20, dynamic_ncols=True, desc="train")
+        stats = []
+        while self.step < cfg.steps:
+            t0 = time.time()
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, self.step)
+            x = torch.from_numpy(sampler.batch(cfg.batch)).to(self.device)
+            quality = torch.rand(cfg.batch, device=self.device)
+            lam = cfg.model.rate_lambda(quality)
+            bpp, mse = rd_terms(self.model, x, quality, self.bf16)
+            loss = (lam * 255.0**2 * mse + bpp).mean()
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+            self.optimizer.step()
+            self.step += 1
+            self.elapsed += time.time() - t0
+            stats.append((loss.item(), bpp.mean().item(), mse.mean().item()))
+            bar.update(1)
+            if self.step % 50 == 0:
+                l, b, m = np.mean(stats, axis=0)
+                stats = []
+                row = {"step": self.step, "hours": round(self.elapsed / 3600, 4), "lr": learning_rate(cfg, self.step),
+                       "loss": round(l, 4), "bpp": round(b, 4), "psnr": round(10 * math.log10(1 / m), 3)}
+                if self.step % cfg.validate_every == 0:
+                    row.update(self.validate(val))
+                self._log(row)
+                bar.set_postfix(loss=f"{l:.3f}", bpp=f"{b:.3f}", psnr=f"{row['psnr']:.2f}")
+            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+                self.save_checkpoint()
+                if cfg.export:
+                    self.export(cfg.export)
+                last_ckpt = time.time()
+            if cfg.max_minutes and time.time() - start > cfg.max_minutes * 60:
+                print(f"\nstopping at step {self.step}: --max-minutes reached", flush=True)
+                break
+        bar.close()
+        self.save_checkpoint()
+        if cfg.export:
+            print(f"exported {self.export(cfg.export)}", flush=True)

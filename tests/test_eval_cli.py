@@ -1,0 +1,82 @@
+"""``ldcodec eval`` end to end on a tiny synthetic folder (jpeg + webp, 2 points, no LPIPS)."""
+
+import csv
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from ldcodec.cli.eval_command import eval_command
+from ldcodec.eval.reports import BD_RATE_FIELDS, RESULT_FIELDS
+
+
+@pytest.fixture
+def image_dir(tmp_path, image_factory):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(image_factory(170, 200, seed=1)).save(folder / "a.png")
+    Image.fromarray(image_factory(180, 172, seed=2)).save(folder / "b.png")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def _run(*args):
+    return CliRunner().invoke(eval_command, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_tiny_run_writes_every_output(image_dir, tmp_path):
+    out = tmp_path / "out"
+    result = _run(image_dir, "--codecs", "jpeg,webp", "--points", "2", "--no-lpips", "--out", out)
+    assert result.exit_code == 0, result.output
+
+    with open(out / "results.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == RESULT_FIELDS
+        rows = list(reader)
+    assert len(rows) == 2 * 2 * 2
+    assert {r["codec"] for r in rows} == {"jpeg", "webp"} and {r["image"] for r in rows} == {"a.png", "b.png"}
+    for row in rows:
+        assert float(row["bpp"]) == pytest.approx(8 * int(row["bytes"]) / (int(row["width"]) * int(row["height"])),
+                                                  rel=1e-5)
+        assert 10 < float(row["psnr"]) < 60 and 0 < float(row["ms_ssim"]) <= 1
+        assert row["lpips"] == "nan"
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["codecs"]) == {"jpeg", "webp"}
+    assert all(len(settings) == 2 for settings in summary["codecs"].values())
+    first = next(iter(summary["codecs"]["jpeg"].values()))
+    assert first["images"] == 2 and first["lpips"] is None
+
+    with open(out / "bd_rate.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == BD_RATE_FIELDS
+        bd_rows = list(reader)
+    assert [(r["codec"], r["anchor"], r["metric"]) for r in bd_rows] == [("webp", "jpeg", "psnr")]
+
+    assert (out / "rd_psnr.png").stat().st_size > 0 and (out / "rd_msssim.png").exists()
+    assert not (out / "rd_lpips.png").exists()
+    assert sorted(p.name for p in (out / "crops").iterdir()) == ["a.png", "b.png"]
+
+
+def test_process_pool_gives_the_same_rows(image_dir, tmp_path):
+    out = tmp_path / "pool"
+    result = _run(image_dir, "--codecs", "jpeg", "--points", "1", "--no-lpips", "--jobs", "2", "--limit", "1",
+                  "--out", out)
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out / "results.csv", newline="")))
+    assert [(r["codec"], r["image"]) for r in rows] == [("jpeg", "a.png")]
+
+
+def test_missing_or_empty_directory_is_a_usage_error(tmp_path):
+    result = _run(tmp_path / "nowhere", "--no-lpips")
+    assert result.exit_code == 2 and "does not exist" in result.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run(empty, "--no-lpips")
+    assert result.exit_code == 2 and "no images" in result.output
+
+
+def test_unknown_codec_is_a_usage_error(image_dir):
+    result = _run(image_dir, "--codecs", "jpeg,gif", "--no-lpips")
+    assert result.exit_code == 2 and "gif" in result.output
