@@ -33,7 +33,9 @@ MAGIC = b"\x89LDC"
 FORMAT_VERSION = 1
 HASH_BYTES = 8
 #: Default limit on width·height a decoder accepts (overridable per call).
-DEFAULT_MAX_PIXELS = 200_000_000
+#: Decoding holds full-resolution activations (~250 bytes/pixel) until tiling lands,
+#: so the default keeps a hostile header below ~10 GB of memory.
+DEFAULT_MAX_PIXELS = 40_000_000
 MAX_SIDE = 65535
 
 

@@ -14,6 +14,7 @@ import click
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*onednn.*")
 
+from ldcodec.cli.eval_command import eval_command, lpips_weights_command
 from ldcodec.cli.files import check_distinct, read_input_bytes, write_output
 from ldcodec.cli.train_command import train_command
 from ldcodec.errors import LdcodecError
@@ -62,7 +63,7 @@ def cli():
 _model_option = click.option("--model", default=None, help="Model id or .safetensors path [shipped default].")
 _threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the transforms.")
 _max_pixels_option = click.option("--max-pixels", type=click.IntRange(min=1), default=None,
-                                  help="Refuse images larger than this many pixels [200,000,000].")
+                                  help="Refuse images larger than this many pixels [40,000,000].")
 
 
 def _codec(model, threads, max_pixels=None, precision="fp32"):
@@ -202,6 +203,8 @@ def demo_command(quality, out_dir):
 
 
 cli.add_command(train_command)
+cli.add_command(eval_command)
+cli.add_command(lpips_weights_command)
 
 
 def main() -> None:

@@ -92,7 +92,7 @@ class JpegCodec(PillowCodec):
     """
 
     pillow_format = "JPEG"
-    quality_range = (3, 55)  # libjpeg's tables saturate below 3: q=1..3 give the same file
+    quality_range = (3, 55)  # below 3 every quantizer clamps at 255: q=0..2 give the same file
     geometric = True
 
     def __init__(self, chroma_444: bool = False):

@@ -48,8 +48,11 @@ class TrainConfig:
     checkpoint_dir: str = str(DEFAULT_CHECKPOINT_DIR)
     checkpoint_minutes: float = 5.0
     validate_every: int = 500
+    log_every: int = 50
     max_minutes: float = 0.0
     export: str = ""
+    #: Weights file to start from when the run has no checkpoint yet (e.g. the committed weights).
+    init_from: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -117,6 +120,8 @@ class Trainer:
     # Checkpoints ----------------------------------------------------------------------
     def _resume(self) -> None:
         if not self.checkpoint_path.exists():
+            if self.cfg.init_from:
+                self._init_from_weights(self.cfg.init_from)
             return
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         saved = ModelConfig(**state["model_config"])
@@ -128,6 +133,19 @@ class Trainer:
         self.elapsed = state.get("elapsed", 0.0)
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed {self.checkpoint_path} at step {self.step} ({self.elapsed / 3600:.2f} h trained)", flush=True)
+
+    def _init_from_weights(self, path: str) -> None:
+        """Start from exported weights (no optimizer state): resumes a run whose checkpoint was lost."""
+        from ldcodec.codec.weights import load_weights
+
+        loaded = load_weights(path)
+        if loaded.model.config != self.cfg.model:
+            raise SystemExit(f"{path} has model {loaded.model.config}, not {self.cfg.model}")
+        self.model.load_state_dict(loaded.model.state_dict(), strict=False)
+        info = json.loads(loaded.metadata.get("training", "{}"))
+        self.step = int(info.get("steps", 0))
+        self.elapsed = float(info.get("hours", 0.0)) * 3600
+        print(f"initialised from {path} (step {self.step}, fresh optimizer)", flush=True)
 
     def save_checkpoint(self) -> None:
         state = {
@@ -187,7 +205,11 @@ class Trainer:
         print(f"data: {len(train_files)} training images, {len(held_files)} held out; device {self.device}, "
               f"{'bf16 autocast' if self.bf16 else 'fp32'}, {torch.get_num_threads()} threads", flush=True)
         sampler = CropSampler(train_files, cfg.crop, seed=cfg.seed + self.step)
-        val = CropSampler(held_files or train_files[:4], min(256, cfg.crop * 2), seed=1234).batch(8)
+        val_files = held_files or train_files[:4]
+        try:
+            val = CropSampler(val_files, 256, seed=1234).batch(8)
+        except ValueError:  # small images: validate at the training crop size
+            val = CropSampler(val_files, cfg.crop, seed=1234).batch(8)
         val = torch.from_numpy(val).to(self.device)
         self.model.train()
         start = time.time()
@@ -211,7 +233,7 @@ class Trainer:
             self.elapsed += time.time() - t0
             stats.append((loss.item(), bpp.mean().item(), mse.mean().item()))
             bar.update(1)
-            if self.step % 50 == 0:
+            if self.step % cfg.log_every == 0:
                 l, b, m = np.mean(stats, axis=0)
                 stats = []
                 row = {"step": self.step, "hours": round(self.elapsed / 3600, 4), "lr": learning_rate(cfg, self.step),

@@ -1,0 +1,49 @@
+"""Plot a training run's log.csv (loss, bpp, PSNR, validation RD) to a PNG in docs/.
+
+    python tools/plot_training.py [--run hp-v1] [--log PATH] [--out docs/training-hp-v1.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", default="hp-v1")
+    parser.add_argument("--log", default=None)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    log = Path(args.log or Path.home() / ".cache" / "ldcodec-train" / args.run / "log.csv")
+    out = Path(args.out or Path(__file__).resolve().parent.parent / "docs" / f"training-{args.run}.png")
+    with open(log) as f:
+        rows = list(csv.DictReader(f))
+    step = [int(r["step"]) for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    axes[0].plot(step, [float(r["loss"]) for r in rows])
+    axes[0].set(title="training loss (λ·255²·MSE + bpp)", xlabel="step", yscale="log")
+    axes[1].plot(step, [float(r["psnr"]) for r in rows], label="train PSNR (dB)")
+    ax2 = axes[1].twinx()
+    ax2.plot(step, [float(r["bpp"]) for r in rows], color="tab:orange", label="train bpp")
+    axes[1].set(title="training batches (random quality)", xlabel="step", ylabel="PSNR (dB)")
+    ax2.set_ylabel("bpp")
+    val = [r for r in rows if r.get("val_bpp_q0.0")]
+    for q in ("0.0", "0.5", "1.0"):
+        axes[2].plot([float(r[f"val_bpp_q{q}"]) for r in val], [float(r[f"val_psnr_q{q}"]) for r in val],
+                     marker="o", label=f"quality {q}")
+    axes[2].set(title="held-out crops over training (estimated bpp)", xlabel="bpp", ylabel="PSNR (dB)")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    print(f"wrote {out} ({len(rows)} log rows, last step {step[-1]})")
+
+
+if __name__ == "__main__":
+    main()
