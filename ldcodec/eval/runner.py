@@ -25,6 +25,7 @@ from PIL import Image
 from ldcodec.errors import LdcodecError
 from ldcodec.eval import reports
 from ldcodec.eval.baselines import CODEC_NAMES, LdcodecCodec, make_codecs
+from ldcodec.eval.markdown_report import write_markdown_report
 from ldcodec.eval.crops import ClosestToTarget, save_side_by_side
 from ldcodec.eval.metrics import bpp, ms_ssim, psnr
 
@@ -56,6 +57,9 @@ class EvalConfig:
     limit: int | None = None
     crop_bpp: float = 0.15
     crop_size: int = 256
+    #: Markdown report path (default OUT/results.md) and the command line quoted in it.
+    report: Path | None = None
+    command: str = ""
 
 
 @dataclass
@@ -233,9 +237,12 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = lambda m: pr
     reports.write_bd_rate_csv(out / "bd_rate.csv", outputs.bd_rates)
     outputs.files.append(out / "bd_rate.csv")
 
-    outputs.files += _write_plots(out, outputs.summary, config.anchors)
-    outputs.files += _write_crops(out / "crops", images, crops, [c.name for c in codecs], originals,
-                                  config.crop_size)
+    figures = _write_plots(out, outputs.summary, config.anchors)
+    crop_files = _write_crops(out / "crops", images, crops, [c.name for c in codecs], originals, config.crop_size)
+    outputs.files += figures + crop_files
+    report = Path(config.report) if config.report else out / "results.md"
+    outputs.files.append(write_markdown_report(report, outputs.summary, outputs.bd_rates, info, figures,
+                                               config.command or "ldcodec eval ...", crops=crop_files))
     return outputs
 
 
