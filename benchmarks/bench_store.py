@@ -18,7 +18,6 @@ every frame with ``append`` instead.
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import statistics
@@ -80,7 +79,7 @@ def fidelity(model: str | None, qualities: list[float], kodak: Path) -> None:
     span = hi - lo
     u8 = np.rint((field.astype(np.float64) - lo) / span * 255)
     floor = lo + u8 / 255 * span - field
-    print(f"model {codec.model_id}; float32 field 256x256 in [{lo}, {hi}]")
+    print(f"model {codec.model_id} (weights {codec.weights.sha256[:8].hex()}); float32 field 256x256 in [{lo}, {hi}]")
     print(f"  8-bit mapping alone: max |err| {100 * np.abs(floor).max() / span:.3f}% of range, "
           f"RMS {100 * np.sqrt((floor ** 2).mean()) / span:.3f}%")
     with tempfile.TemporaryDirectory() as d:

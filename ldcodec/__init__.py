@@ -16,6 +16,8 @@ from ldcodec.errors import (
     UnsupportedVersionError,
 )
 
+from ldcodec.store import CorruptFrameError, KeyframeStore, StoreError  # noqa: E402
+
 __version__ = "0.1.0"
 
 
@@ -36,4 +38,5 @@ def stream_info(blob: bytes):
 __all__ = [
     "BitstreamError", "InputImageError", "LdcodecError", "LimitExceededError", "ModelMismatchError",
     "NoDiffusionDecoderError", "UnsupportedVersionError", "load", "stream_info", "__version__",
+    "CorruptFrameError", "KeyframeStore", "StoreError",
 ]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import warnings
 
 import numpy as np
@@ -482,3 +481,23 @@ def test_open_and_read_one_frame_reads_a_constant_number_of_bytes(tmp_path, tiny
             assert store.stream(n // 2) == blobs[(n // 2) % 4] and store.meta(n // 2) == {"k": f"{n // 2:06d}"}
             read[n] = store.bytes_read
     assert read[10] == read[160] < 1024
+
+
+def test_reader_keeps_its_snapshot_while_a_writer_replaces_the_index(tmp_path, tiny_codec, image_factory):
+    path = tmp_path / "r.ldks"
+    frames = [image_factory(8 + k, 10, seed=k) for k in range(6)]
+    _build(path, tiny_codec, frames)
+    reader = KeyframeStore(path, "r")  # through the trailer; index entries are read lazily
+    want = {0: reader.stream(0)}
+    with KeyframeStore(path, "a", codec=tiny_codec) as writer:
+        for k in range(4):  # these records overwrite where the old index was
+            writer.append(image_factory(30, 30, seed=10 + k))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", StoreRecoveryWarning)
+            for i in (5, 3, 1):
+                assert reader.stream(i) == writer.stream(i)
+            assert len(reader) == 6 and reader.recovery is None
+            assert reader._entries is not None  # it did notice the replaced index and re-read (by scanning)
+    assert reader.stream(4) == KeyframeStore(path).stream(4) and reader.stream(0) == want[0]
+    assert reader.refresh() == 10
+    reader.close()

@@ -16,6 +16,7 @@ warnings.filterwarnings("ignore", message=".*onednn.*")
 
 from ldcodec.cli.eval_command import eval_command, lpips_weights_command
 from ldcodec.cli.files import check_distinct, read_input_bytes, write_output
+from ldcodec.cli.store_command import store_group
 from ldcodec.cli.train_command import train_command
 from ldcodec.errors import LdcodecError
 
@@ -205,6 +206,7 @@ def demo_command(quality, out_dir):
 cli.add_command(train_command)
 cli.add_command(eval_command)
 cli.add_command(lpips_weights_command)
+cli.add_command(store_group)
 
 
 def main() -> None:

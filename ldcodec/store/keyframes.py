@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import operator
 import os
 import stat
@@ -242,7 +241,7 @@ class KeyframeStore:
             raise StoreError(f"{self.path}: {exc}") from None
         reason = self._load_from_trailer(size)
         if reason is not None:
-            self._scan(size, reason)
+            self._scan(os.fstat(self._fd).st_size, reason)  # (re-stat: a writer may be appending)
 
     def _load_from_trailer(self, size: int) -> str | None:
         """Open through the trailer and index. Returns None on success, else why not."""
@@ -422,13 +421,39 @@ class KeyframeStore:
     def _entry(self, i: int) -> tuple[int, int]:
         if self._entries is not None:
             return self._entries[i]
-        if i not in self._lazy:
-            raw = self._pread(self._index_data_offset + i * fmt.ENTRY_SIZE, fmt.ENTRY_SIZE)
-            self._lazy[i] = fmt.parse_entry(i, raw) if len(raw) == fmt.ENTRY_SIZE else None
-        entry = self._lazy[i]
+        entry = self._lazy.get(i)
         if entry is None:
-            raise CorruptFrameError(f"{self.path}: frame {i}: its index entry is corrupt", i)
+            entry = self._read_lazy_entry(i)
+            if entry is None:
+                # A writer that appended since we opened has replaced the index we are reading from;
+                # the records themselves never move. Re-read the index once, keeping our snapshot.
+                self._reload_index()
+                if self._entries is not None:
+                    return self._entries[i]
+                entry = self._read_lazy_entry(i)
+            if entry is None:
+                raise CorruptFrameError(f"{self.path}: frame {i}: its index entry is corrupt", i)
+            self._lazy[i] = entry
         return entry
+
+    def _read_lazy_entry(self, i: int) -> tuple[int, int] | None:
+        raw = self._pread(self._index_data_offset + i * fmt.ENTRY_SIZE, fmt.ENTRY_SIZE)
+        return fmt.parse_entry(i, raw) if len(raw) == fmt.ENTRY_SIZE else None
+
+    def _reload_index(self) -> None:
+        """Mode "r": re-read index (or scan) without changing what this reader shows."""
+        frames, recovery = self._frames, self.recovery
+        saved = (self._metadata, self._saved_meta_json, self._meta_offset)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", StoreRecoveryWarning)
+            try:
+                self._load(os.fstat(self._fd).st_size)
+            except StoreError:
+                pass
+        if self._frames < frames:  # the file was truncated (mode "w") under us: nothing to keep
+            self._entries = None
+        self._frames, self.recovery = frames, recovery
+        self._metadata, self._saved_meta_json, self._meta_offset = saved
 
     def _norm_index(self, i) -> int:
         try:
