@@ -23,22 +23,26 @@ def main() -> None:
     args = parser.parse_args()
     log = Path(args.log or Path.home() / ".cache" / "ldcodec-train" / args.run / "log.csv")
     out = Path(args.out or Path(__file__).resolve().parent.parent / "docs" / f"training-{args.run}.png")
+    fields = ["step", "hours", "lr", "loss", "bpp", "psnr"] + [
+        f"val_{m}_q{q}" for q in ("0.0", "0.5", "1.0") for m in ("bpp", "psnr")]
     with open(log) as f:
-        rows = list(csv.DictReader(f))
+        lines = list(csv.reader(f))[1:]
+    # Positional: logs written before the header listed the validation columns have them unnamed.
+    rows = [dict(zip(fields, line)) for line in lines]
     step = [int(r["step"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     axes[0].plot(step, [float(r["loss"]) for r in rows])
     axes[0].set(title="training loss (λ·255²·MSE + bpp)", xlabel="step", yscale="log")
-    axes[1].plot(step, [float(r["psnr"]) for r in rows], label="train PSNR (dB)")
+    axes[1].plot(step, [float(r["psnr"]) for r in rows], label="PSNR")
     ax2 = axes[1].twinx()
-    ax2.plot(step, [float(r["bpp"]) for r in rows], color="tab:orange", label="train bpp")
-    axes[1].set(title="training batches (random quality)", xlabel="step", ylabel="PSNR (dB)")
+    ax2.plot(step, [float(r["bpp"]) for r in rows], color="tab:orange")
+    axes[1].set(title="training batches, random quality (orange: bpp)", xlabel="step", ylabel="PSNR (dB)")
     ax2.set_ylabel("bpp")
-    val = [r for r in rows if r.get("val_bpp_q0.0")]
+    val = [r for r in rows if r.get("val_psnr_q0.0")]
     for q in ("0.0", "0.5", "1.0"):
-        axes[2].plot([float(r[f"val_bpp_q{q}"]) for r in val], [float(r[f"val_psnr_q{q}"]) for r in val],
-                     marker="o", label=f"quality {q}")
-    axes[2].set(title="held-out crops over training (estimated bpp)", xlabel="bpp", ylabel="PSNR (dB)")
+        axes[2].plot([int(r["step"]) for r in val], [float(r[f"val_psnr_q{q}"]) for r in val], marker="o",
+                     label=f"quality {q} (last: {float(val[-1][f'val_bpp_q{q}']):.2f} bpp)" if val else q)
+    axes[2].set(title="held-out 256² crops (bpp estimated from likelihoods)", xlabel="step", ylabel="PSNR (dB)")
     axes[2].legend()
     fig.tight_layout()
     fig.savefig(out, dpi=100)

@@ -179,10 +179,14 @@ class Trainer:
         return export_weights(model, path, model_id=self.cfg.run, info=info)
 
     # Loop ---------------------------------------------------------------------------
+    #: Columns of log.csv; validation columns stay empty on rows without validation.
+    LOG_FIELDS = ["step", "hours", "lr", "loss", "bpp", "psnr"] + [
+        f"val_{m}_q{q}" for q in (0.0, 0.5, 1.0) for m in ("bpp", "psnr")]
+
     def _log(self, row: dict) -> None:
         new = not self.log_path.exists()
         with open(self.log_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+            writer = csv.DictWriter(f, fieldnames=self.LOG_FIELDS)
             if new:
                 writer.writeheader()
             writer.writerow(row)
