@@ -165,3 +165,10 @@ def test_shipped_model_bpp_target_is_met(shipped_codec):
         achieved = 8 * len(blob) / pixels
         assert achieved <= target
         assert achieved >= 0.85 * target
+
+
+def test_unreachable_bpp_target_warns_and_uses_the_lowest_rate(tiny_codec, image_factory):
+    img = image_factory(32, 32)
+    with pytest.warns(UserWarning, match="below the lowest rate"):
+        blob = tiny_codec.encode(img, bpp=1e-6)
+    assert blob == tiny_codec.encode(img, quality=0.0)

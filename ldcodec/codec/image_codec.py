@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,8 +165,10 @@ class ImageCodec:
         budget = target_bpp * pixels / 8.0
         lo, hi = 0, 65535
         best = build(lo)
-        if len(best) > budget:
-            return best  # even the lowest quality is over budget: closest we can do
+        if len(best) > budget:  # even the lowest quality is over budget: the closest we can do
+            warnings.warn(f"target {target_bpp} bpp is below the lowest rate of this model for this image "
+                          f"({8 * len(best) / pixels:.4f} bpp at quality 0); using quality 0", stacklevel=3)
+            return best
         top = build(hi)
         if len(top) <= budget:
             return top
