@@ -62,15 +62,8 @@ def fixed_cpu_path():
         with warnings.catch_warnings():
             # Toggling oneDNN off warns about Intel-GPU TF32, irrelevant here.
             warnings.simplefilter("ignore", UserWarning)
-            mkldnn_off = torch.backends.mkldnn.flags(enabled=False)
-            mkldnn_off.__enter__()
-        try:
-            with torch.autocast("cpu", enabled=False):
+            with torch.backends.mkldnn.flags(enabled=False), torch.autocast("cpu", enabled=False):
                 yield
-        finally:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", UserWarning)
-                mkldnn_off.__exit__(None, None, None)
     finally:
         torch.set_num_threads(threads)
 

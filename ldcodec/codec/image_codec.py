@@ -69,7 +69,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
         return x
-    # Replicate needs pad < size for reflect; replicate works for any size.
+    # Edge replication (unlike reflection) works for any size, 1×1 included.
     return F.pad(x, (0, pw, 0, ph), mode="replicate")
 
 
@@ -140,7 +140,7 @@ class ImageCodec:
         """
         if quality is not None and bpp is not None:
             raise ValueError("give quality or bpp, not both")
-        if quality is not None and not (0.0 <= float(quality) <= 1.0) or (quality is not None and math.isnan(quality)):
+        if quality is not None and not 0.0 <= float(quality) <= 1.0:  # NaN fails too
             raise InputImageError(f"quality must be in [0, 1], got {quality}")
         if bpp is not None and not (bpp > 0 and math.isfinite(bpp)):
             raise InputImageError(f"target bpp must be a positive number, got {bpp}")
