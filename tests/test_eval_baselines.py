@@ -57,7 +57,7 @@ def test_ldcodec_adapter(tiny_codec, image_factory):
     adapter._codec = tiny_codec
     image = image_factory(64, 96)
     setting = adapter.settings(2)[0]
-    assert adapter.label(setting) == "quality=0.05"
+    assert adapter.label(setting) == "quality=0"
     assert LdcodecCodec(steps=4).label({"quality": 0.4, "steps": 4}) == "quality=0.4,steps=4"
     assert LdcodecCodec(steps=4).name == "ldcodec-steps4"
     decoded = adapter.decode(adapter.encode(image, setting))

@@ -80,3 +80,17 @@ def test_missing_or_empty_directory_is_a_usage_error(tmp_path):
 def test_unknown_codec_is_a_usage_error(image_dir):
     result = _run(image_dir, "--codecs", "jpeg,gif", "--no-lpips")
     assert result.exit_code == 2 and "gif" in result.output
+
+
+def test_held_out_selects_the_split_training_never_sees(tmp_path, image_factory):
+    from ldcodec.eval.runner import find_images
+    from ldcodec.train.data import split_images
+
+    root = tmp_path / "train"
+    for sub in ("a", "b"):
+        (root / sub).mkdir(parents=True)
+        for i in range(30):
+            Image.fromarray(image_factory(16, 16, seed=i)).save(root / sub / f"{sub}{i}.png")
+    held = find_images(root, held_out=True)
+    assert held and sorted(held) == sorted(split_images(root)[1])
+    assert not set(held) & set(split_images(root)[0])

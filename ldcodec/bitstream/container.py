@@ -148,7 +148,8 @@ def parse_header(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Hea
     except UnicodeDecodeError:
         raise BitstreamError("corrupt header: model id is not ASCII") from None
     if flags != 0:
-        raise UnsupportedVersionError(f"stream uses feature flags {flags:#x} this ldcodec does not know")
+        raise UnsupportedVersionError(f"stream uses feature flags {flags:#x} this ldcodec does not know; "
+                                      "upgrade ldcodec")
     if width == 0 or height == 0 or width > MAX_SIDE or height > MAX_SIDE:
         raise BitstreamError(f"corrupt header: image size {width}x{height}")
     if width * height > max_pixels:

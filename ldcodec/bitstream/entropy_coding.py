@@ -9,6 +9,8 @@ indexes, visits the groups in the same order.
 
 from __future__ import annotations
 
+import math
+
 import constriction
 import numpy as np
 
@@ -32,6 +34,62 @@ def _decoder(data: bytes, what: str) -> RangeDecoder:
     return RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
 
 
+# Plausibility checks ----------------------------------------------------------------------
+#
+# constriction's models give every symbol of the alphabet at least one quantum (2^-24) of
+# probability, so no symbol is ever free: a symbol under a model whose most probable
+# symbol has probability p_max costs at least -log2(p_max) bits, and a range coder with a
+# 64-bit state and 32-bit words that has coded symbols worth I bits has written at least
+# I / 32 words (its range shrinks by each symbol's probability and is renormalised 32 bits
+# at a time; sealing adds one or two words). A section shorter than the symbols it must
+# hold can therefore not come from an encoder: it is refused *before* the decoder runs
+# past its end on zero padding (which constriction does silently) and before any
+# full-resolution work. The bounds below are lower bounds, so valid streams always pass
+# (a flat image still costs its ~0.0004 bits per latent); tests/test_hostile_headers.py
+# checks both directions.
+
+_PRECISION_BITS = 24  # constriction's default for the Python models
+_QUANTUM = 2.0 ** -_PRECISION_BITS
+_LATENT_ALPHABET = Y_SYMBOL_MAX - Y_SYMBOL_MIN + 1
+
+
+def _min_bits(p_max: np.ndarray, alphabet: int) -> np.ndarray:
+    """Fewest bits a symbol can cost under a model whose largest probability is ``p_max``.
+
+    The quantized probability may exceed the float one by rounding (a few quanta: 2^-20
+    covers it) but never leaves the other ``alphabet - 1`` symbols less than one quantum each.
+    """
+    cap = 1.0 - (alphabet - 1) * _QUANTUM
+    return -np.log2(np.minimum(cap, np.asarray(p_max, dtype=np.float64) + 2.0 ** -20))
+
+
+#: Fewest bits of one latent symbol, per scale level: QuantizedGaussian(0, σ) is most probable at 0.
+_LATENT_MIN_BITS = _min_bits(np.array([math.erf(0.5 / (float(s) * math.sqrt(2.0))) for s in SCALE_TABLE]),
+                             _LATENT_ALPHABET)
+
+
+def _check_room(data: bytes, min_bits: float, what: str) -> None:
+    """Refuse a section too short to hold symbols worth ``min_bits`` (with 1 % + 2 words of slack)."""
+    needed_words = int((0.99 * min_bits - 64.0) // 32.0)
+    if needed_words > 0 and len(data) // 4 < needed_words:
+        raise BitstreamError(f"corrupt stream: {what} section of {len(data)} bytes is too short for the declared "
+                             f"image size (its symbols need at least {4 * needed_words} bytes)")
+    if min_bits > 0 and not data:
+        raise BitstreamError(f"corrupt stream: {what} section is empty")
+
+
+def _check_consumed(decoder: RangeDecoder, what: str) -> None:
+    """After the last symbol a valid section is used up exactly (constriction's ``maybe_exhausted``).
+
+    False means words were left over or the decoder ran past the end on padding: a
+    truncated, padded or spliced section. (It can miss some such sections, never flags a
+    valid one.)
+    """
+    if not decoder.maybe_exhausted():
+        raise BitstreamError(f"corrupt stream: {what} section does not end where its symbols do "
+                             "(truncated, padded or spliced)")
+
+
 def _categorical_models(table: np.ndarray) -> list[Categorical]:
     return [Categorical(row.astype(np.float64), perfect=False) for row in table]
 
@@ -47,12 +105,15 @@ def encode_hyper_latents(symbols: np.ndarray, table: np.ndarray) -> bytes:
 def decode_hyper_latents(data: bytes, table: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     decoder = _decoder(data, "hyper-latent")
     channels, h, w = shape
+    min_bits = h * w * float(_min_bits(table.astype(np.float64).max(axis=1), table.shape[1]).sum())
+    _check_room(data, min_bits, "hyper-latent")
     out = np.empty((channels, h * w), dtype=np.int32)
     try:
         for c, model in enumerate(_categorical_models(table)):
             out[c] = decoder.decode(model, h * w)
     except Exception as exc:  # constriction reports invalid data with various exception types
         raise BitstreamError(f"corrupt stream: hyper-latents do not decode ({exc})") from None
+    _check_consumed(decoder, "hyper-latent")
     return out.reshape(shape)
 
 
@@ -78,10 +139,13 @@ def encode_latents(symbols: np.ndarray, scale_indexes: np.ndarray) -> bytes:
 
 def decode_latents(data: bytes, scale_indexes: np.ndarray) -> np.ndarray:
     decoder = _decoder(data, "latent")
+    counts = np.bincount(scale_indexes.ravel(), minlength=len(SCALE_TABLE))
+    _check_room(data, float(counts @ _LATENT_MIN_BITS), "latent")
     out = np.empty(scale_indexes.size, dtype=np.int32)
     try:
         for positions, model in _groups(scale_indexes):
             out[positions] = decoder.decode(model, len(positions))
     except Exception as exc:
         raise BitstreamError(f"corrupt stream: latents do not decode ({exc})") from None
+    _check_consumed(decoder, "latent")
     return out.reshape(scale_indexes.shape)

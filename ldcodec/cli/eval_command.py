@@ -50,9 +50,12 @@ def _steps_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--limit", default=None, type=click.IntRange(1), help="Use only the first N images (by name).")
 @click.option("--crop-bpp", default=0.15, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Target bpp of the side-by-side crops.")
+@click.option("--held-out", is_flag=True,
+              help="DIR is a training folder: evaluate its held-out split (never trained on), recursively.")
 @click.option("--report", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Markdown report path [OUT/results.md]; image links are relative to it.")
-def eval_command(directory, codecs, points, out, jobs, anchors, jpeg_444, steps, no_lpips, limit, crop_bpp, report):
+def eval_command(directory, codecs, points, out, jobs, anchors, jpeg_444, steps, no_lpips, limit, crop_bpp, held_out,
+                 report):
     """Rate–distortion evaluation of ldcodec and classical codecs on the images in DIR.
 
     Writes OUT/results.csv (per image), summary.json (means per setting),
@@ -64,11 +67,12 @@ def eval_command(directory, codecs, points, out, jobs, anchors, jpeg_444, steps,
     from ldcodec.eval.runner import EvalConfig, EvalInputError, run_evaluation, find_images
 
     try:
-        find_images(directory, limit)
+        find_images(directory, limit, held_out)
     except EvalInputError as exc:
         raise click.BadParameter(str(exc), param_hint="DIR") from None
     config = EvalConfig(image_dir=directory, out=out, codecs=codecs, points=points, jobs=jobs, anchors=anchors,
-                        jpeg_444=jpeg_444, steps=steps, lpips=not no_lpips, limit=limit, crop_bpp=crop_bpp,
+                        jpeg_444=jpeg_444, steps=steps, lpips=not no_lpips, limit=limit, held_out=held_out,
+                        crop_bpp=crop_bpp,
                         report=report, command="ldcodec " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     try:
         outputs = run_evaluation(config, log=lambda message: click.echo(message, err=True))

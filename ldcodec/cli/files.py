@@ -42,10 +42,20 @@ def check_distinct(input_path: str, output_path: str) -> None:
 
 
 def write_output(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (or to stdout for ``-``)."""
+    """Write ``data`` to ``path`` atomically (or to stdout for ``-``).
+
+    A regular file (new or existing) is replaced only by a complete, fsynced copy; on any
+    failure (disk full, permission denied, ...) the temporary file is removed, an existing
+    file is left as it was, and :class:`OutputError` says why. Devices and pipes
+    (``/dev/null``, a FIFO) are written in place: renaming over them would replace the
+    device node itself.
+    """
     if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
+        try:
+            sys.stdout.buffer.write(data)
+            sys.stdout.buffer.flush()
+        except OSError as exc:
+            raise OutputError(f"<stdout>: cannot write ({exc.strerror or exc})") from None
         return
     target = Path(path)
     if target.is_dir():
@@ -53,6 +63,10 @@ def write_output(path: str, data: bytes) -> None:
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"{path}: folder {folder} does not exist")
+    existed = target.exists()
+    if existed and not target.is_file():
+        _write_in_place(path, data)
+        return
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{target.name}.", suffix=".part")
@@ -64,10 +78,41 @@ def write_output(path: str, data: bytes) -> None:
         os.replace(tmp, target)
         tmp = None
     except OSError as exc:
-        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        kept = "the existing file is unchanged" if existed else "no file was written"
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc}); {kept}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _write_in_place(path: str, data: bytes) -> None:
+    """Write to an existing non-regular file (character device, FIFO) without renaming."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from None
+
+
+def image_bytes(image, output_path: str, fmt: str | None = None) -> bytes:
+    """``image`` (PIL) saved in memory, in ``fmt`` or the format of ``output_path``'s extension
+    (PNG for ``-`` or an unknown extension)."""
+    import io
+
+    from PIL import Image
+
+    if fmt is None:
+        fmt = "PNG"
+        if output_path != "-":
+            ext = output_path.rsplit(".", 1)[-1].lower() if "." in output_path else ""
+            fmt = Image.registered_extensions().get(f".{ext}", "PNG")
+    buf = io.BytesIO()
+    try:
+        image.save(buf, format=fmt)
+    except (OSError, ValueError, KeyError) as exc:
+        raise OutputError(f"{output_path}: cannot save a {image.mode} image as {fmt} ({exc})") from None
+    return buf.getvalue()
 
 
 def _umask() -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -14,8 +13,9 @@ import click
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*onednn.*")
 
+from ldcodec.cli.bench_command import bench_command
 from ldcodec.cli.eval_command import eval_command, lpips_weights_command
-from ldcodec.cli.files import check_distinct, read_input_bytes, write_output
+from ldcodec.cli.files import check_distinct, image_bytes, read_input_bytes, write_output
 from ldcodec.cli.store_command import store_group
 from ldcodec.cli.train_command import train_command
 from ldcodec.errors import LdcodecError
@@ -57,34 +57,61 @@ def cli():
       ldcodec decode photo.ldc -o photo.png
       ldcodec info photo.ldc
       ldcodec demo                                          (round trip of a bundled image)
+      ldcodec encode photos/ -o streams/ --jobs 4           (many files; decode likewise)
+      ldcodec bench --sizes 768x512 --repeat 5              (speed and memory vs HEVC and JPEG)
     """
     _show_warnings_on_stderr()
 
 
 _model_option = click.option("--model", default=None, help="Model id or .safetensors path [shipped default].")
-_threads_option = click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for the transforms.")
+_threads_option = click.option("--threads", type=click.IntRange(min=1), default=None,
+                               help="CPU threads for the transforms [torch's default; with --jobs: cores // jobs].")
 _max_pixels_option = click.option("--max-pixels", type=click.IntRange(min=1), default=None,
                                   help="Refuse images larger than this many pixels [40,000,000].")
+_device_option = click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu",
+                              show_default=True,
+                              help="Where the transforms run (auto: CUDA when available). Streams are "
+                                   "interchangeable between devices.")
+_jobs_option = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
+                            help="Worker processes when several files are given (each loads the model).")
+_progress_option = click.option("--progress/--no-progress", default=None,
+                                help="Progress bar on stderr for several files [only on a terminal].")
 
 
-def _codec(model, threads, max_pixels=None, precision="fp32"):
-    import torch
+def _codec(model, threads, max_pixels=None, precision="fp32", device="cpu"):
+    from ldcodec.batch import CodecOptions, resolve_device
 
-    import ldcodec
+    return CodecOptions(model=model, device=resolve_device(device), precision=precision, max_pixels=max_pixels,
+                        threads=threads).load()
 
-    if threads:
-        torch.set_num_threads(threads)
-    kwargs = {"precision": precision}
-    if max_pixels:
-        kwargs["max_pixels"] = max_pixels
-    if model:
-        kwargs["model"] = model
-    return ldcodec.load(**kwargs)
+
+def _is_batch(inputs: tuple[str, ...]) -> bool:
+    """Several inputs, or one folder: -o is an output folder. One file (or -): today's single mode."""
+    from pathlib import Path
+
+    return len(inputs) > 1 or (inputs[0] != "-" and Path(inputs[0]).is_dir())
+
+
+def _run_batch(task, inputs, out_dir, options, params, jobs, progress, fmt=None) -> None:
+    from ldcodec.batch import expand_inputs, output_suffix, plan_outputs, prepare_output_folder, run_batch, summary_line
+
+    suffix = output_suffix(task, fmt)
+    files, skipped = expand_inputs(list(inputs), task)
+    if not files:
+        raise LdcodecError(f"no {'image' if task == 'encode' else '.ldc'} files to {task} in {', '.join(inputs)}")
+    out = prepare_output_folder(out_dir)
+    items, refused = plan_outputs(files, out, suffix)
+    report = run_batch(task, items, options, params, jobs=jobs, refused=refused, skipped=skipped, progress=progress)
+    click.echo(summary_line(report, out), err=True)
+    if report.failed:
+        sys.exit(EXIT_ERROR)
 
 
 @cli.command("encode")
-@click.argument("input_path", metavar="IN")
-@click.option("-o", "--output", "output_path", required=True, metavar="OUT", help="Output .ldc file, or - for stdout.")
+@click.argument("inputs", metavar="IN...", nargs=-1, required=True)
+@click.option("-o", "--output", "output_path", required=True, metavar="OUT",
+              help="Output .ldc file, or - for stdout; with several inputs or a folder: the output folder "
+                   "(created if missing), one OUT/<stem>.ldc per image.")
 @click.option("-q", "--quality", type=click.FloatRange(0.0, 1.0), default=None,
               help="Quality in [0, 1]: 0 ≈ 0.1 bpp, 1 ≈ 1 bpp on photos [0.5].")
 @click.option("--bpp", type=click.FloatRange(min=0.0, min_open=True), default=None,
@@ -92,17 +119,34 @@ def _codec(model, threads, max_pixels=None, precision="fp32"):
 @click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Arithmetic of the analysis transform (streams decode identically either way).")
 @_model_option
+@_device_option
 @_threads_option
+@_jobs_option
+@_progress_option
 @_max_pixels_option
-def encode_command(input_path, output_path, quality, bpp, precision, model, threads, max_pixels):
-    """Compress image IN (any format Pillow reads; - for stdin) to the .ldc stream OUT."""
+def encode_command(inputs, output_path, quality, bpp, precision, model, device, threads, jobs, progress, max_pixels):
+    """Compress image IN (any format Pillow reads; - for stdin) to the .ldc stream OUT.
+
+    \b
+    Several images or folders at once (folders: their image files, by extension,
+    not recursively; one line per file that fails, exit code 2 if any did):
+      ldcodec encode photos/ extra.jpg -o streams/ --jobs 4
+    """
     from ldcodec.codec.image_io import open_image_bytes
 
     if quality is not None and bpp is not None:
         raise click.UsageError("give --quality or --bpp, not both")
+    if _is_batch(inputs):
+        from ldcodec.batch import CodecOptions, resolve_device
+
+        options = CodecOptions(model=model, device=resolve_device(device), precision=precision,
+                               max_pixels=max_pixels, threads=threads)
+        _run_batch("encode", inputs, output_path, options, {"quality": quality, "bpp": bpp}, jobs, progress)
+        return
+    input_path = inputs[0]
     check_distinct(input_path, output_path)
     image = open_image_bytes(read_input_bytes(input_path), input_path)
-    codec = _codec(model, threads, max_pixels, precision)
+    codec = _codec(model, threads, max_pixels, precision, device)
     start = time.perf_counter()
     blob = codec.encode(image, quality=quality, bpp=bpp)
     elapsed = time.perf_counter() - start
@@ -114,20 +158,38 @@ def encode_command(input_path, output_path, quality, bpp, precision, model, thre
 
 
 @cli.command("decode")
-@click.argument("input_path", metavar="IN")
+@click.argument("inputs", metavar="IN...", nargs=-1, required=True)
 @click.option("-o", "--output", "output_path", required=True, metavar="OUT",
-              help="Output image (format from the extension: .png, .bmp, .tif, .webp...), or - for PNG on stdout.")
+              help="Output image (format from the extension: .png, .bmp, .tif, .webp...), or - for PNG on stdout; "
+                   "with several inputs or a folder: the output folder (created if missing).")
+@click.option("--format", "fmt", default="png", show_default=True,
+              help="Image format of the files written into an output folder (png, bmp, tif, webp...).")
 @click.option("--steps", type=click.IntRange(0, 8), default=0, show_default=True,
               help="Diffusion steps; 0 = distortion-optimal decode without diffusion.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed for diffusion (steps > 0).")
 @_model_option
+@_device_option
 @_threads_option
+@_jobs_option
+@_progress_option
 @_max_pixels_option
-def decode_command(input_path, output_path, steps, seed, model, threads, max_pixels):
-    """Reconstruct the image in the .ldc stream IN (- for stdin) and write it to OUT."""
+def decode_command(inputs, output_path, fmt, steps, seed, model, device, threads, jobs, progress, max_pixels):
+    """Reconstruct the image in the .ldc stream IN (- for stdin) and write it to OUT.
+
+    \b
+    Several streams or folders at once (folders: their .ldc files, not recursively):
+      ldcodec decode streams/ -o decoded/ --jobs 4 [--format png]
+    """
+    if _is_batch(inputs):
+        from ldcodec.batch import CodecOptions, resolve_device
+
+        options = CodecOptions(model=model, device=resolve_device(device), max_pixels=max_pixels, threads=threads)
+        _run_batch("decode", inputs, output_path, options, {"steps": steps, "seed": seed}, jobs, progress, fmt)
+        return
+    input_path = inputs[0]
     check_distinct(input_path, output_path)
     blob = read_input_bytes(input_path)
-    codec = _codec(model, threads, max_pixels)
+    codec = _codec(model, threads, max_pixels, device=device)
     start = time.perf_counter()
     image = codec.decode(blob, steps=steps, seed=seed)
     elapsed = time.perf_counter() - start
@@ -137,20 +199,7 @@ def decode_command(input_path, output_path, steps, seed, model, threads, max_pix
 
 
 def _image_bytes(image, output_path: str) -> bytes:
-    from PIL import Image
-
-    from ldcodec.cli.files import OutputError
-
-    fmt = "PNG"
-    if output_path != "-":
-        ext = output_path.rsplit(".", 1)[-1].lower() if "." in output_path else ""
-        fmt = Image.registered_extensions().get(f".{ext}", "PNG")
-    buf = io.BytesIO()
-    try:
-        image.save(buf, format=fmt)
-    except (OSError, ValueError, KeyError) as exc:
-        raise OutputError(f"{output_path}: cannot save a {image.mode} image as {fmt} ({exc})") from None
-    return buf.getvalue()
+    return image_bytes(image, output_path)
 
 
 @cli.command("info")
@@ -207,6 +256,7 @@ cli.add_command(train_command)
 cli.add_command(eval_command)
 cli.add_command(lpips_weights_command)
 cli.add_command(store_group)
+cli.add_command(bench_command)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ldcodec.bitstream import container
@@ -27,6 +26,7 @@ from ldcodec.bitstream.entropy_coding import (
     encode_latents,
 )
 from ldcodec.codec.entropy_parameters import Y_SYMBOL_MAX, Y_SYMBOL_MIN, Z_RADIUS, gaussian_parameters
+from ldcodec.codec.tiling import DEFAULT_TILE, analyse_tiled, synthesise_tiled
 from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
 from ldcodec.codec.transforms import HYPER_STRIDE
 from ldcodec.codec.weights import DEFAULT_MODEL_ID, LoadedWeights, load_weights
@@ -64,26 +64,30 @@ def stream_info(blob: bytes, max_pixels: int = container.DEFAULT_MAX_PIXELS) -> 
     )
 
 
-def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    h, w = x.shape[-2:]
+def _pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
+    h, w = rgb.shape[:2]
     ph, pw = (-h) % multiple, (-w) % multiple
     if ph == 0 and pw == 0:
-        return x
+        return rgb
     # Edge replication (unlike reflection) works for any size, 1×1 included.
-    return F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return np.pad(rgb, ((0, ph), (0, pw), (0, 0)), mode="edge")
 
 
 class ImageCodec:
     """Encode images to ``.ldc`` bytes and decode them back.
 
     ``precision`` ("fp32" or "bf16") and ``device`` apply to the transforms only;
-    streams are interchangeable between all settings.
+    streams are interchangeable between all settings. ``tile`` (in latents, 16
+    pixels each; 0 = whole image) bounds the transforms' memory on large images.
     """
 
     def __init__(self, weights: LoadedWeights, device: str | torch.device = "cpu", precision: str = "fp32",
-                 max_pixels: int = container.DEFAULT_MAX_PIXELS):
+                 max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE):
         if precision not in ("fp32", "bf16"):
             raise ValueError("precision must be 'fp32' or 'bf16'")
+        if tile < 0:
+            raise ValueError("tile must be >= 0")
+        self.tile = tile
         self.weights = weights
         self.model_id = weights.model_id
         self.device = torch.device(device)
@@ -104,11 +108,13 @@ class ImageCodec:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    def _tile_for(self, height: int, width: int) -> int:
+        return self.tile or max(height, width, 1)
+
     def _analyse_latents(self, rgb: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float().div_(255.0).to(self.device)
-        x = _pad_to_multiple(x, HYPER_STRIDE)
+        rgb = _pad_to_multiple(rgb, HYPER_STRIDE)
         with torch.inference_mode(), self._autocast():
-            return self.model.g_a(x).float()
+            return analyse_tiled(self.model.g_a, rgb, self.device, self._tile_for(*rgb.shape[:2]))
 
     def _code_at_quality(self, y: torch.Tensor, quality_code: int) -> tuple[bytes, bytes]:
         quality = torch.tensor([quality_code / 65535.0], dtype=torch.float32, device=self.device)
@@ -212,15 +218,14 @@ class ImageCodec:
         alpha = decode_alpha(stream.sections[SectionTag.ALPHA], h.width, h.height) if h.mode.has_alpha else None
         quality = torch.tensor([h.quality], dtype=torch.float32, device=self.device)
         y = torch.from_numpy(y_hat.astype(np.float32))[None].to(self.device)
+        rgb = np.empty((h.height, h.width, 3), dtype=np.uint8)
         with torch.inference_mode(), self._autocast():
-            x_hat = self.model.synthesise(y, quality)
-        with torch.inference_mode():
-            x_hat = x_hat.float()[0, :, : h.height, : h.width].clamp(0, 1).mul(255).round()
-            rgb = x_hat.to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-        return finish_image(np.ascontiguousarray(rgb), h.mode, alpha)
+            synthesise_tiled(lambda part: self.model.synthesise(part, quality), y, rgb,
+                             self._tile_for(*y.shape[2:]))
+        return finish_image(rgb, h.mode, alpha)
 
 
 def load(model: str | Path = DEFAULT_MODEL_ID, device: str = "cpu", precision: str = "fp32",
-         max_pixels: int = container.DEFAULT_MAX_PIXELS) -> ImageCodec:
+         max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE) -> ImageCodec:
     """The codec with the shipped weights (no network). ``model`` is an id or a .safetensors path."""
-    return ImageCodec(load_weights(model), device=device, precision=precision, max_pixels=max_pixels)
+    return ImageCodec(load_weights(model), device=device, precision=precision, max_pixels=max_pixels, tile=tile)

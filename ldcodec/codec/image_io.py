@@ -139,11 +139,16 @@ def decode_alpha(data: bytes, width: int, height: int) -> np.ndarray:
     from ldcodec.errors import BitstreamError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            if im.format != "PNG" or im.mode != "L" or im.size != (width, height):
-                raise BitstreamError("corrupt stream: alpha plane has the wrong format or size")
-            return np.asarray(im).copy()
-    except (OSError, SyntaxError, ValueError, UnidentifiedImageError):
+        # Only the PNG reader is tried, and the declared size is checked before any pixel is
+        # decompressed (so the plane costs at most width × height bytes).
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
+                if im.format != "PNG" or im.mode != "L" or im.size != (width, height):
+                    raise BitstreamError("corrupt stream: alpha plane has the wrong format or size")
+                return np.asarray(im).copy()
+    except (OSError, SyntaxError, ValueError, UnidentifiedImageError, Image.DecompressionBombError):
+        # DecompressionBombError: a PNG header declaring > 179 Mpixel (fuzzing finding, see docs/robustness.md)
         raise BitstreamError("corrupt stream: alpha plane does not decode") from None
 
 

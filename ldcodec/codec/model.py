@@ -40,6 +40,10 @@ class ModelConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def shape(self) -> tuple[int, int, int]:
+        """The fields that fix the tensors' shapes (the λ range only shapes the training loss)."""
+        return (self.channels, self.latent_channels, self.gain_levels)
+
     def rate_lambda(self, quality: torch.Tensor) -> torch.Tensor:
         """λ for each quality: log-linear between ``lambda_min`` and ``lambda_max``."""
         ratio = self.lambda_max / self.lambda_min

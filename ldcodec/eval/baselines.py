@@ -140,12 +140,18 @@ class HeifCodec:
     def label(self, setting: dict) -> str:
         return f"q={setting['quality']}"
 
+    def encoder_params(self) -> dict:
+        """Extra libheif encoder parameters (``enc_params``)."""
+        return {}
+
     def encode(self, rgb: np.ndarray, setting: dict) -> bytes:
         import pillow_heif
 
         heif = pillow_heif.from_pillow(Image.fromarray(rgb, "RGB"))
         buffer = io.BytesIO()
-        heif.save(buffer, format=self.heif_format, quality=setting["quality"], chroma=self.chroma)
+        extra = self.encoder_params()
+        heif.save(buffer, format=self.heif_format, quality=setting["quality"], chroma=self.chroma,
+                  **({"enc_params": extra} if extra else {}))
         return buffer.getvalue()
 
     def decode(self, data: bytes) -> np.ndarray:
@@ -164,6 +170,11 @@ class HevcCodec(HeifCodec):
     name = "hevc"
     heif_format = "HEIF"
     quality_range = (2, 42)
+    #: x265 worker threads (its ``pools`` option); None: x265's default (all cores).
+    threads: int | None = None
+
+    def encoder_params(self) -> dict:
+        return {} if self.threads is None else {"x265:pools": str(int(self.threads))}
 
 
 class HeifAvifCodec(HeifCodec):
@@ -233,7 +244,7 @@ class LdcodecCodec:
     lazily, once per process for all step counts, and never pickled.
     """
 
-    quality_range = (0.05, 1.0)
+    quality_range = (0.0, 1.0)
 
     def __init__(self, steps: int = 0):
         self.steps = steps

@@ -55,6 +55,8 @@ class EvalConfig:
     steps: tuple[int, ...] = (0,)
     lpips: bool = True
     limit: int | None = None
+    #: Evaluate the held-out split of a training folder (see ``find_images``).
+    held_out: bool = False
     crop_bpp: float = 0.15
     crop_size: int = 256
     #: Markdown report path (default OUT/results.md) and the command line quoted in it.
@@ -80,14 +82,23 @@ class Measurement:
     order: tuple[int, int, int]
 
 
-def find_images(directory: str | Path, limit: int | None = None) -> list[Path]:
-    """The image files directly in ``directory``, sorted by name, at most ``limit``."""
+def find_images(directory: str | Path, limit: int | None = None, held_out: bool = False) -> list[Path]:
+    """The image files directly in ``directory``, sorted by name, at most ``limit``.
+
+    With ``held_out``, ``directory`` is a training folder and the images are its
+    held-out split (searched recursively), the files ``ldcodec train`` never sees.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise EvalInputError(f"{directory} is not a directory")
-    images = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if held_out:
+        from ldcodec.train.data import split_images
+
+        images = sorted(split_images(directory)[1], key=lambda p: p.name)
+    else:
+        images = sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not images:
-        raise EvalInputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
+        raise EvalInputError(f"no {'held-out ' if held_out else ''}images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
     return images[:limit] if limit else images
 
 
@@ -177,7 +188,7 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = lambda m: pr
     """
     from tqdm import tqdm
 
-    images = find_images(config.image_dir, config.limit)
+    images = find_images(config.image_dir, config.limit, config.held_out)
     codecs, skipped = make_codecs(list(config.codecs), jpeg_444=config.jpeg_444, steps=config.steps)
     for message in skipped:
         log(f"skipping {message}")

@@ -89,6 +89,8 @@ def restore_frame(decoded: Image.Image, description: dict):
         return u8
     lo, hi = (float(v) for v in description["range"])
     dtype = np.dtype(description["dtype"])
+    if dtype.kind != "f":  # what prepare_frame records; anything else would convert silently (to object, bytes...)
+        raise ValueError(f"float frame with dtype {dtype}")
     if hi > lo:
         x = np.clip(lo + u8.astype(np.float64) * ((hi - lo) / 255.0), lo, hi)
     else:

@@ -47,6 +47,11 @@ except ImportError:  # pragma: no cover - not POSIX
 
 _MODES = ("r", "a", "w")
 _RESYNC_CHUNK = 1 << 20
+#: Largest single ``pread``: a read never allocates more than this beyond the bytes the file holds,
+#: whatever length a (corrupt) index entry or record header declares.
+_READ_CHUNK = 16 << 20
+#: Offsets a file can have (``os.pread`` takes a signed 64-bit offset).
+_MAX_OFFSET = (1 << 63) - 1
 
 
 @dataclass
@@ -96,7 +101,9 @@ class FrameInfo:
     range: list[float] | None = None  #: [min, max] ("float" frames)
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        # Shallow on purpose: asdict() deep-copies ``meta`` recursively, which raised RecursionError for
+        # meta nested a few hundred levels deep (a fuzzing finding, see docs/robustness.md).
+        return {k: v for k, v in vars(self).items() if v is not None}
 
 
 @dataclass
@@ -134,8 +141,21 @@ def _to_json(obj, what: str) -> bytes:
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False,
                           default=_json_default).encode("utf-8")
-    except (TypeError, ValueError) as exc:
-        raise StoreError(f"{what} must be JSON-serialisable (no NaN/inf): {exc}") from None
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise StoreError(f"{what} must be JSON-serialisable (no NaN/inf, not nested too deeply): {exc}") from None
+
+
+def _parse_json_object(raw: bytes) -> dict | None:
+    """A record's JSON as a dict, or None when it is not valid UTF-8 JSON holding an object.
+
+    RecursionError: JSON nested deeper than Python's recursion limit (a fuzzing finding,
+    see docs/robustness.md) is unreadable, not a crash.
+    """
+    try:
+        doc = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 class KeyframeStore:
@@ -293,11 +313,8 @@ class KeyframeStore:
         raw = self._pread(offset + fmt.RECORD_HEADER_SIZE, head.json_len)
         if len(raw) != head.json_len or zlib.crc32(raw) != head.json_crc:
             return None
-        try:
-            meta = json.loads(raw.decode("utf-8"))
-        except ValueError:
-            return None
-        return (meta, raw) if isinstance(meta, dict) else None
+        meta = _parse_json_object(raw)
+        return None if meta is None else (meta, raw)
 
     def _scan(self, size: int, reason: str) -> None:
         """Rebuild the index from the record headers (the trailer is missing or invalid)."""
@@ -310,6 +327,8 @@ class KeyframeStore:
             head = fmt.parse_record_header(raw_head)
             if head is None and size - pos == fmt.TRAILER_SIZE and fmt.parse_trailer(raw_head) is not None:
                 break  # a stale (valid but unusable) trailer: the end of the records
+            if head is not None and head.type == fmt.RecordType.FRAME and not _plausible_seq(head.seq, pos):
+                head = None  # claims more frames before it than the bytes before it can hold: corrupt
             if head is None:
                 nxt = self._resync(pos + 1, size)
                 if nxt is None:
@@ -382,10 +401,15 @@ class KeyframeStore:
 
     # Low-level I/O ------------------------------------------------------------------------
     def _pread(self, offset: int, n: int) -> bytes:
+        """Up to ``n`` bytes at ``offset`` (fewer at the end of the file). Offsets and lengths come
+        from the file itself, so neither is trusted: an offset past what a file can have reads
+        nothing, and reads go in chunks so a huge declared length allocates only what is there."""
         chunks, got = [], 0
+        if offset < 0 or offset + n > _MAX_OFFSET:
+            return b""
         while got < n:
             try:
-                b = os.pread(self._fd, n - got, offset + got)
+                b = os.pread(self._fd, min(n - got, _READ_CHUNK), offset + got)
             except OSError as exc:
                 raise StoreError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
             if not b:
@@ -488,10 +512,9 @@ class KeyframeStore:
             data = first[fmt.RECORD_HEADER_SIZE + head.json_len: need]
             if zlib.crc32(data) != head.data_crc:
                 raise CorruptFrameError(f"{self.path}: frame {i} is corrupt (CRC mismatch in its stream)", i)
-        try:
-            desc = json.loads(raw_json.decode("utf-8"))
-        except ValueError:
-            raise CorruptFrameError(f"{self.path}: frame {i} is corrupt (unreadable metadata)", i) from None
+        desc = _parse_json_object(raw_json)
+        if desc is None:
+            raise CorruptFrameError(f"{self.path}: frame {i} is corrupt (unreadable metadata)", i)
         return head, desc, data
 
     # Reading ------------------------------------------------------------------------------
@@ -525,7 +548,7 @@ class KeyframeStore:
         _, desc, blob = self._read_record(i, with_data=True)
         try:
             return restore_frame(self.codec.decode(blob), desc)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: e.g. shape [1e999]
             raise CorruptFrameError(f"{self.path}: frame {i}: inconsistent record ({exc})", i) from None
 
     def stream(self, i: int) -> bytes:
@@ -549,7 +572,7 @@ class KeyframeStore:
                              bpp=8.0 * head.data_len / (w * h), quality=float(d.get("quality", float("nan"))),
                              meta=d.get("meta", {}), mode=d.get("mode"), dtype=d.get("dtype"),
                              shape=d.get("shape"), range=d.get("range"))
-        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+        except (KeyError, TypeError, ValueError, ZeroDivisionError, OverflowError) as exc:  # e.g. width 2**1100
             raise CorruptFrameError(f"{self.path}: frame {i}: inconsistent record ({exc})", i) from None
 
     def info(self) -> StoreInfo:
@@ -736,6 +759,13 @@ class KeyframeStore:
     def __repr__(self) -> str:
         state = "closed" if self._fd is None else f"mode {self.mode!r}"
         return f"KeyframeStore({str(self.path)!r}, {state}, {self._frames} frame(s))"
+
+
+def _plausible_seq(seq: int, offset: int) -> bool:
+    """Frame ``seq`` starting at ``offset``: the ``seq`` frames before it take at least one record
+    header each. Without this check a record header with a valid CRC and a huge ``seq`` made
+    the scan allocate an entry for every "lost" frame (a fuzzing finding, see docs/robustness.md)."""
+    return seq <= (offset - fmt.FILE_HEADER_SIZE) // fmt.RECORD_HEADER_SIZE
 
 
 def _fsync_dir(path: Path) -> None:

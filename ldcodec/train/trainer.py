@@ -76,9 +76,10 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16"
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
+def learning_rate(cfg: TrainConfig, step: int, warmup_start: int = 0) -> float:
+    """Linear warm-up from ``warmup_start`` (0, or the step a fresh optimizer began), then cosine decay."""
+    if step - warmup_start < cfg.warmup:
+        return cfg.lr * (step - warmup_start + 1) / cfg.warmup
     decay_start = int(cfg.steps * (1.0 - cfg.decay_fraction))
     if step < decay_start:
         return cfg.lr
@@ -115,6 +116,8 @@ class Trainer:
         )
         self.step = 0
         self.elapsed = 0.0
+        #: Step at which the optimizer state began (warm-up restarts there after ``--init-from``).
+        self.warmup_start = 0
         self._resume()
 
     # Checkpoints ----------------------------------------------------------------------
@@ -124,26 +127,32 @@ class Trainer:
                 self._init_from_weights(self.cfg.init_from)
             return
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
-        saved = ModelConfig(**state["model_config"])
-        if saved != self.cfg.model:
-            raise SystemExit(f"checkpoint {self.checkpoint_path} has model {saved}, not {self.cfg.model}")
+        self._check_shape(ModelConfig(**state["model_config"]), str(self.checkpoint_path))
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
         self.elapsed = state.get("elapsed", 0.0)
+        self.warmup_start = state.get("warmup_start", 0)
         torch.set_rng_state(state["torch_rng"])
         print(f"resumed {self.checkpoint_path} at step {self.step} ({self.elapsed / 3600:.2f} h trained)", flush=True)
+
+    def _check_shape(self, saved: ModelConfig, source: str) -> None:
+        """The network's shape must match; the λ range may change (it only shapes the loss)."""
+        if saved.shape() != self.cfg.model.shape():
+            raise SystemExit(f"{source} has model {saved}, not {self.cfg.model}")
+        if saved != self.cfg.model:
+            print(f"{source}: λ range {saved.lambda_min}..{saved.lambda_max} -> "
+                  f"{self.cfg.model.lambda_min}..{self.cfg.model.lambda_max}", flush=True)
 
     def _init_from_weights(self, path: str) -> None:
         """Start from exported weights (no optimizer state): resumes a run whose checkpoint was lost."""
         from ldcodec.codec.weights import load_weights
 
         loaded = load_weights(path)
-        if loaded.model.config != self.cfg.model:
-            raise SystemExit(f"{path} has model {loaded.model.config}, not {self.cfg.model}")
+        self._check_shape(loaded.model.config, path)
         self.model.load_state_dict(loaded.model.state_dict(), strict=False)
         info = json.loads(loaded.metadata.get("training", "{}"))
-        self.step = int(info.get("steps", 0))
+        self.step = self.warmup_start = int(info.get("steps", 0))
         self.elapsed = float(info.get("hours", 0.0)) * 3600
         print(f"initialised from {path} (step {self.step}, fresh optimizer)", flush=True)
 
@@ -156,6 +165,7 @@ class Trainer:
             "model_config": asdict(self.cfg.model),
             "train_config": {k: v for k, v in asdict(self.cfg).items() if k != "model"},
             "torch_rng": torch.get_rng_state(),
+            "warmup_start": self.warmup_start,
         }
         tmp = self.checkpoint_path.with_suffix(".tmp")
         torch.save(state, tmp)
@@ -223,7 +233,7 @@ class Trainer:
         while self.step < cfg.steps:
             t0 = time.time()
             for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, self.step)
+                group["lr"] = learning_rate(cfg, self.step, self.warmup_start)
             x = torch.from_numpy(sampler.batch(cfg.batch)).to(self.device)
             quality = torch.rand(cfg.batch, device=self.device)
             lam = cfg.model.rate_lambda(quality)
@@ -240,7 +250,7 @@ class Trainer:
             if self.step % cfg.log_every == 0:
                 l, b, m = np.mean(stats, axis=0)
                 stats = []
-                row = {"step": self.step, "hours": round(self.elapsed / 3600, 4), "lr": learning_rate(cfg, self.step),
+                row = {"step": self.step, "hours": round(self.elapsed / 3600, 4), "lr": learning_rate(cfg, self.step, self.warmup_start),
                        "loss": round(l, 4), "bpp": round(b, 4), "psnr": round(10 * math.log10(1 / m), 3)}
                 if self.step % cfg.validate_every == 0:
                     row.update(self.validate(val))
