@@ -7,7 +7,12 @@ bf16 (and on CUDA when a GPU is present). What must hold, and is asserted:
 * entropy parameters (ẑ, snapped means, scale indexes) and the decoded latents ŷ are
   bit-identical in every configuration, the encoder's included: the coder sees
   the same models everywhere, so every stream decodes symbol-exactly;
-* decoded pixels are identical across thread counts at the same precision and device.
+* the synthesis transform's float output, and so the decoded pixels, are identical
+  across thread counts at the same precision and device. The float output is the
+  sensitive check: a kernel whose sums depend on the thread count changes many
+  floats but, with rounding to 8 bits, only a few pixels of a large image.
+
+It runs with a tiny random model and with the shipped weights.
 
 Pixels are *not* identical between fp32 and bf16 synthesis (or CPU and CUDA): those
 are different arithmetic; the test prints how far apart they are. Run with ``-s``
@@ -23,6 +28,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 SCRIPT = r"""
@@ -31,7 +37,8 @@ import numpy as np, torch
 import ldcodec
 import ldcodec.codec.image_codec as image_codec
 
-mode, weights, path, threads, out_prefix = sys.argv[1:6]
+mode, weights, path, threads, out_prefix, size = sys.argv[1:7]
+height, width = map(int, size.split("x"))
 torch.set_num_threads(int(threads))
 captured = {}
 _gaussian_parameters = image_codec.gaussian_parameters
@@ -52,9 +59,9 @@ results = []
 if mode == "encode":
     codec = ldcodec.load(weights, precision="bf16")
     rng = np.random.default_rng(5)
-    yy, xx = np.mgrid[0:70, 0:90]
+    yy, xx = np.mgrid[0:height, 0:width]
     img = np.clip(np.stack([128 + 100*np.sin(xx/(5+c))*np.cos(yy/7) for c in range(3)], -1)
-                  + rng.normal(0, 8, (70, 90, 3)), 0, 255).astype(np.uint8)
+                  + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
     open(path, "wb").write(codec.encode(img, quality=0.6))
     results.append({"role": "encoder", "device": "cpu", "precision": "bf16", "entropy": captured["entropy"]})
 else:
@@ -65,40 +72,55 @@ else:
             codec = ldcodec.load(weights, device=device, precision=precision)
             captured.clear()
             _, y_hat = codec.decode_latents(blob)
+            synthesised = hashlib.sha256()
+            _synthesise = codec.model.synthesise
+
+            def synthesise_spy(*args):  # the float output, before rounding to pixels
+                out = _synthesise(*args)
+                synthesised.update(out.float().contiguous().cpu().numpy().tobytes())
+                return out
+
+            codec.model.synthesise = synthesise_spy
             pixels = np.asarray(codec.decode(blob))
+            del codec.model.synthesise
             name = f"{out_prefix}-{device}-{precision}.npy"
             np.save(name, pixels)
             results.append({"role": "decoder", "device": device, "precision": precision, "entropy": captured["entropy"],
-                            "latents": h(y_hat), "pixels": h(pixels), "pixels_file": name})
+                            "latents": h(y_hat),
+                            "synthesis": synthesised.hexdigest(), "pixels": h(pixels), "pixels_file": name})
 for r in results:
     r["threads"] = torch.get_num_threads()
 print(json.dumps(results))
 """
 
 
-def run(mode, weights, path, threads, out_prefix):
+def run(mode, weights, path, threads, out_prefix, size):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(weights), str(path), str(threads), str(out_prefix)],
+    out = subprocess.run([sys.executable, "-c", SCRIPT, mode, str(weights), str(path), str(threads), str(out_prefix), size],
                          capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def _table(configs) -> str:
-    lines = ["role     threads device precision  entropy-params    latents           pixels"]
+    lines = ["role     threads device precision  entropy-params    latents           synthesis (float)  pixels"]
     for c in configs:
         lines.append(f"{c['role']:8s} {c['threads']:7d} {c['device']:6s} {c['precision']:9s}  {c['entropy'][:16]}  "
-                     f"{c.get('latents', '-')[:16]:16s}  {c.get('pixels', '-')[:16]}")
+                     f"{c.get('latents', '-')[:16]:16s}  {c.get('synthesis', '-')[:16]:17s}  {c.get('pixels', '-')[:16]}")
     return "\n".join(lines)
 
 
-def test_stream_decodes_identically_across_threads_precisions_and_devices(tiny_weights, tmp_path):
+@pytest.mark.parametrize("model", ["tiny", "shipped"])
+def test_stream_decodes_identically_across_threads_precisions_and_devices(model, tiny_weights, tmp_path):
+    # The shipped model's wide layers are where oneDNN splits work by thread count.
+    weights, size = (tiny_weights, "70x90") if model == "tiny" else ("hp-v1", "96x160")
     path = tmp_path / "det.ldc"
-    configs = run("encode", tiny_weights, path, 2, tmp_path / "enc")
+    configs = run("encode", weights, path, 2, tmp_path / "enc", size)
     for threads in (1, 2, 4):
-        configs += run("decode", tiny_weights, path, threads, tmp_path / f"t{threads}")
+        configs += run("decode", weights, path, threads, tmp_path / f"t{threads}", size)
     table = _table(configs)
-    print(f"\nconfigurations compared (torch {torch.__version__}, CUDA available: {torch.cuda.is_available()}):"
+    print(f"\nconfigurations compared ({model} model, {size} image; torch {torch.__version__}, "
+          f"CUDA available: {torch.cuda.is_available()}):"
           f"\n{table}")
     decoders = [c for c in configs if c["role"] == "decoder"]
     assert {c["threads"] for c in decoders} == {1, 2, 4}, table
@@ -110,6 +132,7 @@ def test_stream_decodes_identically_across_threads_precisions_and_devices(tiny_w
     # Pixels: identical across thread counts for each (device, precision).
     for key in {(c["device"], c["precision"]) for c in decoders}:
         group = [c for c in decoders if (c["device"], c["precision"]) == key]
+        assert len({c["synthesis"] for c in group}) == 1, f"synthesis output differs across threads for {key}:\n{table}"
         assert len({c["pixels"] for c in group}) == 1, f"pixels differ across threads for {key}:\n{table}"
 
     # fp32 vs bf16 (and CPU vs CUDA): different arithmetic, reported, expected close.

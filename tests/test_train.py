@@ -45,6 +45,15 @@ def test_train_checkpoint_resume_export(image_dir, tmp_path):
     assert fresh.step == 5
 
 
+def test_rewarm_restarts_the_warm_up_at_the_resumed_step(image_dir, tmp_path):
+    Trainer(config(image_dir, tmp_path, 3)).run()
+    assert Trainer(config(image_dir, tmp_path, 10)).warmup_start == 0  # plain resume keeps the schedule
+    rewarmed = Trainer(config(image_dir, tmp_path, 10, rewarm=True))
+    assert (rewarmed.step, rewarmed.warmup_start) == (3, 3)
+    cfg = rewarmed.cfg
+    assert learning_rate(cfg, 3, rewarmed.warmup_start) == pytest.approx(cfg.lr / cfg.warmup)
+
+
 def test_training_reduces_the_loss(image_dir, tmp_path):
     cfg = config(image_dir, tmp_path, 60, lr=3e-3, log_every=10)
     Trainer(cfg).run()

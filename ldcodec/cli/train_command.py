@@ -28,9 +28,11 @@ from ldcodec.codec.model import ModelConfig
 @click.option("--export", "export_path", default="", help="Write safetensors weights here at every checkpoint and at the end.")
 @click.option("--init-from", default="", help="Weights file to start from when the run has no checkpoint "
               "(e.g. the committed ldcodec/weights/hp-v1.safetensors).")
+@click.option("--rewarm", is_flag=True, help="Restart the lr warm-up at the resumed step (a new schedule over a "
+              "run whose lr had already decayed).")
 @click.option("--seed", default=0, show_default=True)
 def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, latent_channels, lambda_min,
-                  lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, init_from, seed):
+                  lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, init_from, rewarm, seed):
     """Train a variable-rate model on the images in DATA (resumes from the run's checkpoint).
 
     A held-out split (about 1 image in 20, chosen by a hash of its path) is never
@@ -44,7 +46,7 @@ def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, l
         data=data, run=run, steps=steps, batch=batch, crop=crop, lr=lr, decay_fraction=decay_fraction,
         device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), max_minutes=max_minutes,
-        export=export_path, init_from=init_from, seed=seed,
+        export=export_path, init_from=init_from, rewarm=rewarm, seed=seed,
         model=ModelConfig(channels=channels, latent_channels=latent_channels,
                           lambda_min=lambda_min, lambda_max=lambda_max),
     )

@@ -93,9 +93,13 @@ class ImageCodec:
         self.device = torch.device(device)
         self.precision = precision
         self.max_pixels = max_pixels
-        self.model = weights.model.to(self.device).eval()
         # The entropy-parameter path keeps its own float32, contiguous CPU copy.
         self._hyper_synthesis = copy.deepcopy(weights.model.h_s).cpu().float().eval()
+        self.model = weights.model.to(self.device).eval()
+        # The image transforms run channels_last: oneDNN's fastest CPU kernels, and the
+        # ones whose results do not depend on the thread count (docs/robustness.md).
+        for transform in (self.model.g_a, self.model.g_s):
+            transform.to(memory_format=torch.channels_last)
         self._prior_table = weights.prior_table.cpu().numpy()
         self._latent_channels = weights.model.config.latent_channels
         self._hyper_channels = weights.model.config.channels

@@ -66,7 +66,8 @@ def synthesise_tiled(synthesise: Callable[[torch.Tensor], torch.Tensor], y_hat: 
     for t in latent_tiles(y_hat.shape[2], y_hat.shape[3], tile, margin):
         if t.top * s >= height or t.left * s >= width:
             continue  # padding-only tile: nothing of it is kept
-        piece = synthesise(y_hat[:, :, t.ctx_top : t.ctx_bottom, t.ctx_left : t.ctx_right])
+        part = y_hat[:, :, t.ctx_top : t.ctx_bottom, t.ctx_left : t.ctx_right]
+        piece = synthesise(part.contiguous(memory_format=torch.channels_last))
         piece = piece.float()[0, :, (t.top - t.ctx_top) * s : (t.bottom - t.ctx_top) * s,
                               (t.left - t.ctx_left) * s : (t.right - t.ctx_left) * s]
         rows = min(height, t.bottom * s) - t.top * s
@@ -87,6 +88,7 @@ def analyse_tiled(analyse: Callable[[torch.Tensor], torch.Tensor], rgb: np.ndarr
     result: torch.Tensor | None = None
     for t in latent_tiles(height, width, tile, margin):
         region = rgb[t.ctx_top * s : t.ctx_bottom * s, t.ctx_left * s : t.ctx_right * s]
+        # H×W×3 uint8 viewed as 1×3×H×W is already channels_last.
         x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None].float().div_(255.0).to(device)
         piece = analyse(x).float()
         if result is None:

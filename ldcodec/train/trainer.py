@@ -53,6 +53,8 @@ class TrainConfig:
     export: str = ""
     #: Weights file to start from when the run has no checkpoint yet (e.g. the committed weights).
     init_from: str = ""
+    #: Restart the lr warm-up at the resumed step: for a new schedule laid over a run whose lr had decayed.
+    rewarm: bool = False
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -134,6 +136,8 @@ class Trainer:
         self.elapsed = state.get("elapsed", 0.0)
         self.warmup_start = state.get("warmup_start", 0)
         torch.set_rng_state(state["torch_rng"])
+        if self.cfg.rewarm:
+            self.warmup_start = self.step
         print(f"resumed {self.checkpoint_path} at step {self.step} ({self.elapsed / 3600:.2f} h trained)", flush=True)
 
     def _check_shape(self, saved: ModelConfig, source: str) -> None:
