@@ -25,6 +25,7 @@ from ldcodec.bitstream.entropy_coding import (
     encode_hyper_latents,
     encode_latents,
 )
+from ldcodec.codec.diffusion_weights import diffusion_path_for
 from ldcodec.codec.entropy_parameters import Y_SYMBOL_MAX, Y_SYMBOL_MIN, Z_RADIUS, gaussian_parameters
 from ldcodec.codec.tiling import DEFAULT_TILE, analyse_tiled, synthesise_tiled
 from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
@@ -79,10 +80,14 @@ class ImageCodec:
     ``precision`` ("fp32" or "bf16") and ``device`` apply to the transforms only;
     streams are interchangeable between all settings. ``tile`` (in latents, 16
     pixels each; 0 = whole image) bounds the transforms' memory on large images.
+    ``diffusion`` is the diffusion decoder's weights file (default: the
+    ``<base>-diffusion.safetensors`` beside the base weights); it is loaded only
+    when a decode first asks for steps > 0.
     """
 
     def __init__(self, weights: LoadedWeights, device: str | torch.device = "cpu", precision: str = "fp32",
-                 max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE):
+                 max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE,
+                 diffusion: str | Path | None = None):
         if precision not in ("fp32", "bf16"):
             raise ValueError("precision must be 'fp32' or 'bf16'")
         if tile < 0:
@@ -103,10 +108,25 @@ class ImageCodec:
         self._prior_table = weights.prior_table.cpu().numpy()
         self._latent_channels = weights.model.config.latent_channels
         self._hyper_channels = weights.model.config.channels
+        if diffusion is None and weights.path is not None:
+            diffusion = diffusion_path_for(weights.path)
+        self.diffusion_path = Path(diffusion) if diffusion is not None else None
+        self._denoiser = None  # loaded on first use (steps > 0)
 
     @property
     def has_diffusion_decoder(self) -> bool:
-        return False
+        """Whether a diffusion weights file exists for this model (it is not loaded here)."""
+        return self.diffusion_path is not None and self.diffusion_path.is_file()
+
+    def _diffusion_denoiser(self):
+        if self._denoiser is None:
+            if not self.has_diffusion_decoder:
+                raise NoDiffusionDecoderError(f"no diffusion decoder for model {self.model_id!r}; use steps=0")
+            from ldcodec.codec.diffusion_weights import load_denoiser
+
+            loaded = load_denoiser(self.diffusion_path, self.weights.sha256, self._latent_channels)
+            self._denoiser = loaded.denoiser.to(self.device).float().eval()
+        return self._denoiser
 
     # Encoding ---------------------------------------------------------------------------
     def _autocast(self):
@@ -211,25 +231,53 @@ class ImageCodec:
         symbols = decode_latents(stream.sections[SectionTag.LATENTS], params.scale_indexes)
         return stream, symbols + params.means
 
-    def decode(self, blob: bytes, steps: int = 0, seed: int = 0) -> Image.Image:
-        """Reconstruct the image. ``steps`` > 0 asks for the diffusion decoder."""
+    def decode(self, blob: bytes, steps: int = 0, seed: int = 0, sampler: str = "dpmpp",
+               start: str = "matched") -> Image.Image:
+        """Reconstruct the image.
+
+        ``steps`` 0 is the distortion-optimal decode. ``steps`` 1..8 run the diffusion
+        decoder from ŷ with ``sampler`` ("ddim" or "dpmpp") from the ``start``
+        ("matched": the quantization noise level; "noise": pure noise); the noise is
+        drawn from ``seed``, so the same stream and seed give the same pixels.
+        """
         if steps < 0:
             raise LdcodecError("steps must be >= 0")
-        if steps > 0 and not self.has_diffusion_decoder:
-            raise NoDiffusionDecoderError(f"model {self.model_id!r} has no diffusion decoder; use steps=0")
+        if steps > 0:
+            from ldcodec.codec.latent_diffusion import check_options
+
+            check_options(steps, sampler, start)
+            denoiser = self._diffusion_denoiser()
         stream, y_hat = self.decode_latents(blob)
         h = stream.header
         alpha = decode_alpha(stream.sections[SectionTag.ALPHA], h.width, h.height) if h.mode.has_alpha else None
         quality = torch.tensor([h.quality], dtype=torch.float32, device=self.device)
         y = torch.from_numpy(y_hat.astype(np.float32))[None].to(self.device)
+        if steps > 0:
+            y = self._diffuse(denoiser, y, quality, steps, seed, sampler, start)
         rgb = np.empty((h.height, h.width, 3), dtype=np.uint8)
         with torch.inference_mode(), self._autocast():
             synthesise_tiled(lambda part: self.model.synthesise(part, quality), y, rgb,
                              self._tile_for(*y.shape[2:]))
         return finish_image(rgb, h.mode, alpha)
 
+    def _diffuse(self, denoiser, y: torch.Tensor, quality: torch.Tensor, steps: int, seed: int, sampler: str,
+                 start: str) -> torch.Tensor:
+        """Gained latents ŷ -> gained latents after ``steps`` diffusion steps (in latent space)."""
+        from ldcodec.codec.latent_diffusion import sample_latents
+
+        with torch.inference_mode(), self._autocast():
+            inverse_gain = self.model.gain.inverse_gain(quality).float()
+            x = sample_latents(denoiser, denoiser.normalise(y, inverse_gain), quality,
+                               float(denoiser.quantization_sigma(inverse_gain)[0]), steps, seed, sampler, start)
+            return denoiser.denormalise(x, inverse_gain).contiguous()
+
 
 def load(model: str | Path = DEFAULT_MODEL_ID, device: str = "cpu", precision: str = "fp32",
-         max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE) -> ImageCodec:
-    """The codec with the shipped weights (no network). ``model`` is an id or a .safetensors path."""
-    return ImageCodec(load_weights(model), device=device, precision=precision, max_pixels=max_pixels, tile=tile)
+         max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE,
+         diffusion: str | Path | None = None) -> ImageCodec:
+    """The codec with the shipped weights (no network). ``model`` is an id or a .safetensors path.
+
+    ``diffusion``: the diffusion decoder's weights (default: beside the model's); loaded lazily.
+    """
+    return ImageCodec(load_weights(model), device=device, precision=precision, max_pixels=max_pixels, tile=tile,
+                      diffusion=diffusion)

@@ -37,6 +37,8 @@ class LoadedWeights:
     model_id: str
     sha256: bytes
     metadata: dict
+    #: The file the weights came from (its diffusion decoder, if any, sits beside it).
+    path: Path | None = None
 
 
 def shipped_state(model: HyperpriorModel) -> dict[str, torch.Tensor]:
@@ -77,7 +79,8 @@ def weights_path(model_id: str = DEFAULT_MODEL_ID) -> Path:
 
 
 def available_models() -> list[str]:
-    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
+    """Shipped base models (diffusion decoders, ``<base>-diffusion.safetensors``, are not models)."""
+    return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors") if not p.stem.endswith("-diffusion"))
 
 
 def file_sha256(path: Path) -> bytes:
@@ -95,6 +98,8 @@ def load_weights(path_or_id: str | Path = DEFAULT_MODEL_ID) -> LoadedWeights:
         )
     with safe_open(str(path), framework="pt") as f:
         metadata = dict(f.metadata() or {})
+    if "config" not in metadata or metadata.get("format", "ldcodec-weights/1") != "ldcodec-weights/1":
+        raise ModelMismatchError(f"{path} is not an ldcodec model weights file (format {metadata.get('format', '?')})")
     config = ModelConfig(**json.loads(metadata["config"]))
     tensors = load_file(str(path))
     prior_table = tensors.pop(PRIOR_TABLE_KEY)
@@ -110,4 +115,5 @@ def load_weights(path_or_id: str | Path = DEFAULT_MODEL_ID) -> LoadedWeights:
         model_id=metadata.get("model_id", path.stem),
         sha256=file_sha256(path),
         metadata=metadata,
+        path=path,
     )
