@@ -272,7 +272,8 @@ def _decode_one(codec, item: BatchItem, params: dict) -> dict:
     from ldcodec.cli.files import image_bytes, read_input_bytes, write_output
 
     blob = read_input_bytes(str(item.source))
-    image = codec.decode(blob, steps=params.get("steps", 0), seed=params.get("seed", 0))
+    image = codec.decode(blob, steps=params.get("steps", 0), seed=params.get("seed", 0),
+                         sampler=params.get("sampler", "dpmpp"), start=params.get("start", "matched"))
     data = image_bytes(image, str(item.target))
     write_output(str(item.target), data)
     return {"bytes": len(data), "width": image.size[0], "height": image.size[1], "mode": image.mode}
@@ -310,7 +311,7 @@ def run_batch(task: str, items: list[BatchItem], options: CodecOptions, params: 
               progress: bool | None = None, log: Callable[[str], None] | None = None) -> BatchReport:
     """Encode or decode ``items`` with ``jobs`` worker processes.
 
-    ``params``: ``quality``/``bpp`` (encode) or ``steps``/``seed`` (decode). ``log``
+    ``params``: ``quality``/``bpp`` (encode) or ``steps``/``seed``/``sampler``/``start`` (decode). ``log``
     gets one line per failure and per warning as they happen (default: stderr, above
     the progress bar). ``progress``: a tqdm bar on stderr (``None``: only on a
     terminal). Raises :class:`BatchError` if the model cannot be loaded or cannot do what

@@ -18,6 +18,7 @@ from ldcodec.cli.eval_command import eval_command, lpips_weights_command
 from ldcodec.cli.files import check_distinct, image_bytes, read_input_bytes, write_output
 from ldcodec.cli.store_command import store_group
 from ldcodec.cli.train_command import train_command
+from ldcodec.cli.train_diffusion_command import train_diffusion_command
 from ldcodec.errors import LdcodecError
 
 EXIT_ERROR = 2
@@ -167,31 +168,40 @@ def encode_command(inputs, output_path, quality, bpp, precision, model, device, 
 @click.option("--steps", type=click.IntRange(0, 8), default=0, show_default=True,
               help="Diffusion steps; 0 = distortion-optimal decode without diffusion.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Noise seed for diffusion (steps > 0).")
+@click.option("--sampler", type=click.Choice(["ddim", "dpmpp"]), default="dpmpp", show_default=True,
+              help="Diffusion sampler: DDIM or DPM-Solver++ (steps > 0).")
+@click.option("--start", type=click.Choice(["matched", "noise"]), default="matched", show_default=True,
+              help="Start of the reverse process: at the quantization noise level, or from pure noise.")
 @_model_option
 @_device_option
 @_threads_option
 @_jobs_option
 @_progress_option
 @_max_pixels_option
-def decode_command(inputs, output_path, fmt, steps, seed, model, device, threads, jobs, progress, max_pixels):
+def decode_command(inputs, output_path, fmt, steps, seed, sampler, start, model, device, threads, jobs, progress,
+                   max_pixels):
     """Reconstruct the image in the .ldc stream IN (- for stdin) and write it to OUT.
 
     \b
     Several streams or folders at once (folders: their .ldc files, not recursively):
       ldcodec decode streams/ -o decoded/ --jobs 4 [--format png]
+
+    \b
+    With a diffusion decoder (<model>-diffusion.safetensors beside the weights):
+      ldcodec decode photo.ldc -o photo.png --steps 4 --seed 0 [--sampler ddim] [--start noise]
     """
     if _is_batch(inputs):
         from ldcodec.batch import CodecOptions, resolve_device
 
         options = CodecOptions(model=model, device=resolve_device(device), max_pixels=max_pixels, threads=threads)
-        _run_batch("decode", inputs, output_path, options, {"steps": steps, "seed": seed}, jobs, progress, fmt)
+        _run_batch("decode", inputs, output_path, options, {"steps": steps, "seed": seed, "sampler": sampler, "start": start}, jobs, progress, fmt)
         return
     input_path = inputs[0]
     check_distinct(input_path, output_path)
     blob = read_input_bytes(input_path)
     codec = _codec(model, threads, max_pixels, device=device)
     start = time.perf_counter()
-    image = codec.decode(blob, steps=steps, seed=seed)
+    image = codec.decode(blob, steps=steps, seed=seed, sampler=sampler, start=start)
     elapsed = time.perf_counter() - start
     write_output(output_path, _image_bytes(image, output_path))
     if output_path != "-":
@@ -253,6 +263,7 @@ def demo_command(quality, out_dir):
 
 
 cli.add_command(train_command)
+cli.add_command(train_diffusion_command)
 cli.add_command(eval_command)
 cli.add_command(lpips_weights_command)
 cli.add_command(store_group)

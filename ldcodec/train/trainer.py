@@ -78,8 +78,19 @@ def use_bf16(precision: str, device: torch.device) -> bool:
     return precision == "bf16"
 
 
+def atomic_torch_save(state: dict, path: Path) -> None:
+    """``torch.save`` to a temporary file, then rename: a crash never leaves half a checkpoint."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
 def learning_rate(cfg: TrainConfig, step: int, warmup_start: int = 0) -> float:
-    """Linear warm-up from ``warmup_start`` (0, or the step a fresh optimizer began), then cosine decay."""
+    """Linear warm-up from ``warmup_start`` (0, or the step a fresh optimizer began), then cosine decay.
+
+    ``cfg`` needs ``lr``, ``min_lr``, ``warmup``, ``steps`` and ``decay_fraction`` (shared with
+    :class:`ldcodec.train.diffusion_trainer.DiffusionTrainConfig`).
+    """
     if step - warmup_start < cfg.warmup:
         return cfg.lr * (step - warmup_start + 1) / cfg.warmup
     decay_start = int(cfg.steps * (1.0 - cfg.decay_fraction))
@@ -171,9 +182,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "warmup_start": self.warmup_start,
         }
-        tmp = self.checkpoint_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        atomic_torch_save(state, self.checkpoint_path)
 
     def export(self, path: str | Path) -> Path:
         info = {

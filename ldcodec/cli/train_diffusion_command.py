@@ -1,0 +1,50 @@
+"""``ldcodec train-diffusion``: thin wrapper over :mod:`ldcodec.train.diffusion_trainer`."""
+
+from __future__ import annotations
+
+import click
+
+
+@click.command("train-diffusion")
+@click.argument("data", type=click.Path(exists=True, file_okay=False))
+@click.option("--base", default="hp-v1", show_default=True, help="Base model id or weights path (kept frozen).")
+@click.option("--run", default=None, help="Run name: the checkpoint folder [<base>-diffusion].")
+@click.option("--steps", default=4000, show_default=True, help="Total optimizer steps (the lr schedule is laid over these).")
+@click.option("--batch", default=16, show_default=True)
+@click.option("--crop", default=256, show_default=True, help="Random crop size in pixels (latents are crop/16 a side).")
+@click.option("--lr", default=2e-4, show_default=True)
+@click.option("--warmup", default=200, show_default=True, help="Linear lr warm-up steps.")
+@click.option("--decay-fraction", default=0.3, show_default=True, help="Final fraction of steps with cosine lr decay.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="auto: bf16 autocast on CUDA or on CPUs with native bf16, else fp32.")
+@click.option("--threads", default=0, help="CPU threads (0: torch default).")
+@click.option("--checkpoint-dir", default=None, help="Where resumable checkpoints live [~/.cache/ldcodec-train].")
+@click.option("--checkpoint-minutes", default=5.0, show_default=True, help="Minutes between checkpoints.")
+@click.option("--max-minutes", default=0.0, help="Stop (checkpointed) after this many minutes; 0 = no limit.")
+@click.option("--export", "export_path", default="", help="Write the diffusion weights here at every checkpoint and "
+              "at the end (the decoder looks for <base>-diffusion.safetensors beside the base weights).")
+@click.option("--init-from", default="", help="Diffusion weights to start from when the run has no checkpoint.")
+@click.option("--seed", default=0, show_default=True)
+def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
+                            checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, seed):
+    """Train the diffusion decoder of a base model on the images in DATA (resumes from the run's checkpoint).
+
+    The base model stays frozen (encoder and bitstream do not change); the denoiser
+    learns to predict clean latents from noisy ones and the quantized latents. Example:
+
+        ldcodec train-diffusion ../shared/data/train --base hp-v1 --steps 4000 \\
+            --export ldcodec/weights/hp-v1-diffusion.safetensors
+    """
+    from pathlib import Path
+
+    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+    from ldcodec.train.trainer import DEFAULT_CHECKPOINT_DIR
+
+    cfg = DiffusionTrainConfig(
+        data=data, base=base, run=run or f"{Path(base).stem}-diffusion", steps=steps, batch=batch, crop=crop, lr=lr,
+        warmup=warmup, decay_fraction=decay_fraction, device=device, precision=precision, threads=threads,
+        checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), checkpoint_minutes=checkpoint_minutes,
+        max_minutes=max_minutes, export=export_path, init_from=init_from, seed=seed,
+    )
+    DiffusionTrainer(cfg).run()
