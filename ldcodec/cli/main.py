@@ -200,9 +200,9 @@ def decode_command(inputs, output_path, fmt, steps, seed, sampler, start, model,
     check_distinct(input_path, output_path)
     blob = read_input_bytes(input_path)
     codec = _codec(model, threads, max_pixels, device=device)
-    start = time.perf_counter()
+    began = time.perf_counter()
     image = codec.decode(blob, steps=steps, seed=seed, sampler=sampler, start=start)
-    elapsed = time.perf_counter() - start
+    elapsed = time.perf_counter() - began
     write_output(output_path, _image_bytes(image, output_path))
     if output_path != "-":
         click.echo(f"{output_path}: {image.size[0]}x{image.size[1]} {image.mode}, decoded in {elapsed:.2f} s", err=True)
