@@ -92,6 +92,7 @@ class DiffusionTrainer:
         self.history: list[float] = []  #: per-step training losses of this process
         self.train_files, self.held_files = split_images(cfg.data)
         self.sampler = CropSampler(self.train_files, cfg.crop, seed=cfg.seed)
+        self._validation_crops: np.ndarray | None = None
         self._resume()
 
     # Latents of the frozen base model ---------------------------------------------------
@@ -125,9 +126,14 @@ class DiffusionTrainer:
         """Per-channel std of the ungained latents over a few batches (fixed afterwards)."""
         sums = None
         count = 0
-        rng = CropSampler(self.train_files, self.cfg.crop, seed=self.cfg.seed + 777)
-        for _ in range(max(1, self.cfg.scale_batches)):
-            x = torch.from_numpy(rng.batch(self.cfg.batch)).to(self.device)
+        rng = np.random.default_rng(self.cfg.seed + 777)  # its own crops; the training stream is untouched
+        saved, self.sampler.rng = self.sampler.rng, rng
+        try:
+            batches = [self.sampler.batch(self.cfg.batch) for _ in range(max(1, self.cfg.scale_batches))]
+        finally:
+            self.sampler.rng = saved
+        for batch in batches:
+            x = torch.from_numpy(batch).to(self.device)
             q = torch.rand(self.cfg.batch, device=self.device)
             y_g, _, inverse_gain = self.latents(x, q)
             y = (y_g * inverse_gain).double()
@@ -188,12 +194,13 @@ class DiffusionTrainer:
     @torch.no_grad()
     def validation_loss(self, images: int = 8) -> float:
         """x0 MSE on fixed held-out crops, qualities, timesteps and noise (comparable across steps)."""
-        files = self.held_files or self.train_files[:4]
-        try:
-            x = CropSampler(files, self.cfg.crop, seed=1234).batch(images)
-        except ValueError:
-            x = CropSampler(self.train_files, self.cfg.crop, seed=1234).batch(images)
-        x = torch.from_numpy(x).to(self.device)
+        if self._validation_crops is None:  # decoded once: held-out images, else a few training ones
+            files = self.held_files or self.train_files[:4]
+            try:
+                self._validation_crops = CropSampler(files, self.cfg.crop, seed=1234).batch(images)
+            except ValueError:  # held-out images smaller than the crop
+                self._validation_crops = CropSampler(self.train_files[:4], self.cfg.crop, seed=1234).batch(images)
+        x = torch.from_numpy(self._validation_crops).to(self.device)
         generator = torch.Generator().manual_seed(1234)
         q = torch.rand(images, generator=generator).to(self.device)
         t = torch.randint(0, self.denoiser_config.num_train_timesteps, (images,), generator=generator).to(self.device)
