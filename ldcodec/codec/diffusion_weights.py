@@ -9,15 +9,14 @@ base model (a retrained base changes the latent space silently otherwise).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
+from ldcodec.codec.weights import save_safetensors_atomically
 from ldcodec.errors import LdcodecError
 
 if TYPE_CHECKING:  # diffusers is imported only when a denoiser is built (keeps steps=0 light)
@@ -61,16 +60,7 @@ def export_denoiser(denoiser: "LatentDenoiser", path: str | Path, base_sha256: b
         "base_sha256": base_sha256.hex(),
         "training": json.dumps(info or {}),
     }
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return save_safetensors_atomically(tensors, path, metadata)
 
 
 def read_metadata(path: str | Path) -> dict:

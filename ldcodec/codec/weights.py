@@ -62,6 +62,13 @@ def export_weights(model: HyperpriorModel, path: str | Path, model_id: str, info
         "config": json.dumps(model.config.to_dict()),
         "training": json.dumps(info or {}),
     }
+    return save_safetensors_atomically(tensors, path, metadata)
+
+
+
+def save_safetensors_atomically(tensors: dict, path: Path, metadata: dict) -> Path:
+    """Write to a temporary file beside ``path``, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
     os.close(fd)
     try:
@@ -72,7 +79,6 @@ def export_weights(model: HyperpriorModel, path: str | Path, model_id: str, info
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
 
 def weights_path(model_id: str = DEFAULT_MODEL_ID) -> Path:
     return WEIGHTS_DIR / f"{model_id}.safetensors"
