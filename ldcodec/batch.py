@@ -81,7 +81,7 @@ class CodecOptions:
 
     model: str | None = None
     device: str = "cpu"
-    precision: str = "fp32"
+    precision: str = "auto"
     max_pixels: int | None = None
     threads: int | None = None
 

@@ -72,6 +72,7 @@ class BenchConfig:
     quality: float = 0.5
     model: str | None = None
     device: str = "cpu"
+    precision: str = "auto"
     threads: int | None = None
     image: str | None = None
     baselines: bool = True
@@ -252,7 +253,8 @@ def _load_codec(spec: dict):
 
     from ldcodec.batch import CodecOptions
 
-    codec = CodecOptions(model=spec.get("model"), device=spec["device"], threads=spec.get("threads")).load()
+    codec = CodecOptions(model=spec.get("model"), device=spec["device"], precision=spec.get("precision", "auto"),
+                         threads=spec.get("threads")).load()
     return codec, torch.get_num_threads()
 
 
@@ -292,6 +294,7 @@ def measure_size(spec: dict) -> dict:
     result = {
         "size": size_label((w, h)), "width": w, "height": h, "ok": True,
         "model": codec.model_id, "weights": codec.weights.sha256[:8].hex(), "device": device,
+        "precision": codec.precision,
         "gpu": torch.cuda.get_device_name(codec.device) if cuda else None, "threads": threads,
         "ldcodec": {"quality": quality, "bytes": len(blob), "bpp": bpp, "encode": enc, "decode": decodes},
         "memory": {"peak_rss_mb": peak, "rss_loaded_mb": rss_loaded, "gpu_peak_mb": gpu_peak},
@@ -329,7 +332,8 @@ def measure_throughput(spec: dict) -> dict:
     from ldcodec.batch import CodecOptions, expand_inputs, plan_outputs, run_batch
 
     w, h = spec["width"], spec["height"]
-    options = CodecOptions(model=spec.get("model"), device=spec["device"], threads=spec.get("threads"))
+    options = CodecOptions(model=spec.get("model"), device=spec["device"], precision=spec.get("precision", "auto"),
+                           threads=spec.get("threads"))
     with tempfile.TemporaryDirectory(prefix="ldcodec-bench-") as tmp:
         src, streams, decoded = Path(tmp, "in"), Path(tmp, "ldc"), Path(tmp, "out")
         for folder in (src, streams, decoded):
@@ -432,7 +436,8 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda m: No
     if config.repeat < 1:
         raise BenchError("repeat must be at least 1")
     device = resolve_device(config.device)
-    common = {"model": str(config.model) if config.model else None, "device": device, "threads": config.threads,
+    common = {"model": str(config.model) if config.model else None, "device": device,
+              "precision": config.precision, "threads": config.threads,
               "image": str(config.image) if config.image else None, "quality": config.quality}
     if config.image:
         bench_image(1, 1, config.image)  # an unreadable --image fails here, once, with a clear message
@@ -441,7 +446,8 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None] = lambda m: No
         "settings": {
             "sizes": [size_label(s) for s in config.sizes], "steps": list(config.steps), "repeat": config.repeat,
             "warmup": 1, "quality": config.quality, "model": common["model"] or "shipped default",
-            "device": device, "threads": config.threads, "image": describe_image(config.image),
+            "device": device, "precision": config.precision, "threads": config.threads,
+            "image": describe_image(config.image),
             "timing": "median and min of `repeat` runs after one warm-up, each size in a fresh process",
             "memory": "peak RSS (getrusage ru_maxrss) of that process after the ldcodec runs, before the baselines",
             "hevc": "HEIF/HEVC intra 4:4:4, x265 via pillow-heif (libheif defaults), quality matched to "
@@ -510,6 +516,7 @@ def format_report(doc: dict) -> str:
     lines = [
         f"ldcodec bench: model {first.get('model', st['model'])} (weights {first.get('weights', '?')}), "
         f"device {first.get('device', st['device'])}{' (' + first['gpu'] + ')' if first.get('gpu') else ''}, "
+        f"precision {first.get('precision', st.get('precision', '?'))}, "
         f"{first.get('threads', '?')} torch threads, quality {st['quality']}; times: median (min) of "
         f"{st['repeat']} run{'s' if st['repeat'] != 1 else ''} after 1 warm-up",
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; python {m['python']}, "

@@ -137,3 +137,16 @@ def test_demo_runs_on_the_bundled_sample(cli_env):
     r = run(["demo", "--quality", "0.3"], cli_env)
     assert r.returncode == 0, r.stderr.decode()
     assert b"bpp" in r.stdout and b"PSNR" in r.stdout
+
+
+def test_precision_options_cross_decode(png, tmp_path, cli_env, tiny_weights):
+    """A bf16-encoded stream decodes with --precision fp32 and vice versa; a bad value is refused."""
+    for enc, dec in (("bf16", "fp32"), ("fp32", "bf16"), ("auto", "auto")):
+        ldc, out = tmp_path / f"{enc}.ldc", tmp_path / f"{enc}-{dec}.png"
+        r = run(["encode", png, "-o", ldc, "--precision", enc, "--model", tiny_weights], cli_env)
+        assert r.returncode == 0, r.stderr.decode()
+        r = run(["decode", ldc, "-o", out, "--precision", dec, "--model", tiny_weights], cli_env)
+        assert r.returncode == 0, r.stderr.decode()
+        assert Image.open(out).size == (45, 37)
+    r = run(["decode", tmp_path / "auto.ldc", "-o", tmp_path / "x.png", "--precision", "fp16"], cli_env)
+    assert r.returncode == 2 and not (tmp_path / "x.png").exists()

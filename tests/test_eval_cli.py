@@ -94,3 +94,64 @@ def test_held_out_selects_the_split_training_never_sees(tmp_path, image_factory)
     held = find_images(root, held_out=True)
     assert held and sorted(held) == sorted(split_images(root)[1])
     assert not set(held) & set(split_images(root)[0])
+
+
+def _rows(path):
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _mark(path, codec, marker):
+    """Set every ``codec`` row's PSNR to ``marker`` in a results.csv (to see which rows were reused)."""
+    rows = _rows(path)
+    for row in rows:
+        if row["codec"] == codec:
+            row["psnr"] = marker
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=RESULT_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_reuse_takes_matching_classical_rows_and_remeasures_the_crop_settings(image_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run(image_dir, "--codecs", "jpeg,webp", "--points", "3", "--no-lpips", "--out", first).exit_code == 0
+    fresh = {(r["codec"], r["setting"], r["image"]): r for r in _rows(first / "results.csv")}
+    _mark(first / "results.csv", "webp", "99.0")
+    _mark(first / "results.csv", "jpeg", "98.0")
+    Image.open(image_dir / "a.png").transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(image_dir / "c.png")  # new
+
+    result = _run(image_dir, "--codecs", "jpeg,webp", "--points", "3", "--no-lpips", "--reuse", first,
+                  "--out", second)
+    assert result.exit_code == 0, result.output
+    rows = _rows(second / "results.csv")
+    assert len(rows) == 3 * 2 * 3
+    by_key = {(r["codec"], r["setting"], r["image"]): r for r in rows}
+    for (codec, setting, image), row in by_key.items():
+        if image == "c.png":
+            assert float(row["psnr"]) < 60, row  # measured
+        elif codec == "webp":
+            assert row["psnr"] == "99.0", row  # reused as it was
+    for image in ("a.png", "b.png"):
+        # jpeg makes the crops: one setting per image is measured again (the one nearest the crop rate),
+        # the others are reused.
+        jpeg = [by_key[k] for k in by_key if k[0] == "jpeg" and k[2] == image]
+        measured = [r for r in jpeg if r["psnr"] != "98.0"]
+        assert len(measured) == 1
+        key = ("jpeg", measured[0]["setting"], image)
+        assert float(measured[0]["psnr"]) == pytest.approx(float(fresh[key]["psnr"]), abs=1e-5)
+    assert json.loads((second / "summary.json").read_text())["reused"]["rows"] == 2 * 3 + 2 * 2
+    assert "Reused: 10 classical-codec measurements" in (second / "results.md").read_text()
+
+
+def test_reuse_measures_everything_when_library_versions_differ(image_dir, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert _run(image_dir, "--codecs", "webp", "--points", "2", "--no-lpips", "--out", first).exit_code == 0
+    _mark(first / "results.csv", "webp", "99.0")
+    summary = json.loads((first / "summary.json").read_text())
+    summary["versions"]["webp"] = "0.0.1"
+    (first / "summary.json").write_text(json.dumps(summary))
+    result = _run(image_dir, "--codecs", "webp", "--points", "2", "--no-lpips", "--reuse", first, "--out", second)
+    assert result.exit_code == 0, result.output
+    assert "library versions differ" in result.output
+    assert all(r["psnr"] != "99.0" for r in _rows(second / "results.csv"))

@@ -64,6 +64,8 @@ def _default_jobs() -> str:
 @click.option("--model", default=None, help="Model id or .safetensors path [shipped default].")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Where ldcodec's transforms run (the baselines run on the CPU).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+              help="Arithmetic of ldcodec's transforms (auto: bf16 on CUDA and on CPUs with native bf16).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads, and x265/libde265 threads for HEVC [torch's default].")
 @click.option("--no-baselines", is_flag=True, help="Skip HEVC and JPEG.")
@@ -73,7 +75,7 @@ def _default_jobs() -> str:
 @click.option("--throughput-images", default=16, show_default=True, type=click.IntRange(0, 100000),
               help="Images per throughput run (0: no throughput runs).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON document (on stdout) instead of tables.")
-def bench_command(sizes, steps, repeat, quality, image, model, device, threads, no_baselines, jobs, throughput_size,
+def bench_command(sizes, steps, repeat, quality, image, model, device, precision, threads, no_baselines, jobs, throughput_size,
                   throughput_images, as_json):
     """Encode/decode speed and memory of ldcodec, against HEVC 4:4:4 and JPEG on the same image.
 
@@ -97,7 +99,7 @@ def bench_command(sizes, steps, repeat, quality, image, model, device, threads, 
     from ldcodec.bench import BenchConfig, format_report, run_benchmark
 
     config = BenchConfig(sizes=sizes, steps=steps, repeat=repeat, quality=quality, model=model, device=device,
-                         threads=threads, image=image, baselines=not no_baselines, jobs=jobs,
+                         precision=precision, threads=threads, image=image, baselines=not no_baselines, jobs=jobs,
                          throughput_size=throughput_size, throughput_images=throughput_images,
                          command="ldcodec " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     doc = run_benchmark(config, log=lambda message: click.echo(message, err=True))

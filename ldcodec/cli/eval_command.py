@@ -52,10 +52,13 @@ def _steps_list(ctx, param, value: str) -> tuple[int, ...]:
               help="Target bpp of the side-by-side crops.")
 @click.option("--held-out", is_flag=True,
               help="DIR is a training folder: evaluate its held-out split (never trained on), recursively.")
+@click.option("--reuse", default=None, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Earlier output folder: reuse its JPEG/WebP/AVIF/HEVC rows where codec, setting, image and "
+                   "library versions match (ldcodec is always measured).")
 @click.option("--report", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Markdown report path [OUT/results.md]; image links are relative to it.")
 def eval_command(directory, codecs, points, out, jobs, anchors, jpeg_444, steps, no_lpips, limit, crop_bpp, held_out,
-                 report):
+                 reuse, report):
     """Rate–distortion evaluation of ldcodec and classical codecs on the images in DIR.
 
     Writes OUT/results.csv (per image), summary.json (means per setting),
@@ -72,7 +75,7 @@ def eval_command(directory, codecs, points, out, jobs, anchors, jpeg_444, steps,
         raise click.BadParameter(str(exc), param_hint="DIR") from None
     config = EvalConfig(image_dir=directory, out=out, codecs=codecs, points=points, jobs=jobs, anchors=anchors,
                         jpeg_444=jpeg_444, steps=steps, lpips=not no_lpips, limit=limit, held_out=held_out,
-                        crop_bpp=crop_bpp,
+                        crop_bpp=crop_bpp, reuse=reuse,
                         report=report, command="ldcodec " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     try:
         outputs = run_evaluation(config, log=lambda message: click.echo(message, err=True))

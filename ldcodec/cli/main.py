@@ -73,13 +73,17 @@ _device_option = click.option("--device", type=click.Choice(["cpu", "cuda", "aut
                               show_default=True,
                               help="Where the transforms run (auto: CUDA when available). Streams are "
                                    "interchangeable between devices.")
+_precision_option = click.option(
+    "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+    help="Arithmetic of the image transforms (auto: bf16 on CUDA and on CPUs with native bf16, "
+         "else fp32). Streams decode identically either way; the entropy parameters are always fp32.")
 _jobs_option = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=1, show_default=True,
                             help="Worker processes when several files are given (each loads the model).")
 _progress_option = click.option("--progress/--no-progress", default=None,
                                 help="Progress bar on stderr for several files [only on a terminal].")
 
 
-def _codec(model, threads, max_pixels=None, precision="fp32", device="cpu"):
+def _codec(model, threads, max_pixels=None, precision="auto", device="cpu"):
     from ldcodec.batch import CodecOptions, resolve_device
 
     return CodecOptions(model=model, device=resolve_device(device), precision=precision, max_pixels=max_pixels,
@@ -117,8 +121,7 @@ def _run_batch(task, inputs, out_dir, options, params, jobs, progress, fmt=None)
               help="Quality in [0, 1]: 0 ≈ 0.1 bpp, 1 ≈ 1 bpp on photos [0.5].")
 @click.option("--bpp", type=click.FloatRange(min=0.0, min_open=True), default=None,
               help="Target bits per pixel: picks the highest quality that fits.")
-@click.option("--precision", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
-              help="Arithmetic of the analysis transform (streams decode identically either way).")
+@_precision_option
 @_model_option
 @_device_option
 @_threads_option
@@ -172,14 +175,15 @@ def encode_command(inputs, output_path, quality, bpp, precision, model, device, 
               help="Diffusion sampler: DDIM or DPM-Solver++ (steps > 0).")
 @click.option("--start", type=click.Choice(["matched", "noise"]), default="matched", show_default=True,
               help="Start of the reverse process: at the quantization noise level, or from pure noise.")
+@_precision_option
 @_model_option
 @_device_option
 @_threads_option
 @_jobs_option
 @_progress_option
 @_max_pixels_option
-def decode_command(inputs, output_path, fmt, steps, seed, sampler, start, model, device, threads, jobs, progress,
-                   max_pixels):
+def decode_command(inputs, output_path, fmt, steps, seed, sampler, start, precision, model, device, threads, jobs,
+                   progress, max_pixels):
     """Reconstruct the image in the .ldc stream IN (- for stdin) and write it to OUT.
 
     \b
@@ -193,13 +197,14 @@ def decode_command(inputs, output_path, fmt, steps, seed, sampler, start, model,
     if _is_batch(inputs):
         from ldcodec.batch import CodecOptions, resolve_device
 
-        options = CodecOptions(model=model, device=resolve_device(device), max_pixels=max_pixels, threads=threads)
+        options = CodecOptions(model=model, device=resolve_device(device), precision=precision,
+                               max_pixels=max_pixels, threads=threads)
         _run_batch("decode", inputs, output_path, options, {"steps": steps, "seed": seed, "sampler": sampler, "start": start}, jobs, progress, fmt)
         return
     input_path = inputs[0]
     check_distinct(input_path, output_path)
     blob = read_input_bytes(input_path)
-    codec = _codec(model, threads, max_pixels, device=device)
+    codec = _codec(model, threads, max_pixels, precision, device)
     began = time.perf_counter()
     image = codec.decode(blob, steps=steps, seed=seed, sampler=sampler, start=start)
     elapsed = time.perf_counter() - began

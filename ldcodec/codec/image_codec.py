@@ -26,6 +26,7 @@ from ldcodec.bitstream.entropy_coding import (
     encode_latents,
 )
 from ldcodec.codec.diffusion_weights import diffusion_path_for
+from ldcodec.codec.precision import resolve_precision
 from ldcodec.codec.entropy_parameters import Y_SYMBOL_MAX, Y_SYMBOL_MIN, Z_RADIUS, gaussian_parameters
 from ldcodec.codec.tiling import DEFAULT_TILE, analyse_tiled, synthesise_tiled
 from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
@@ -77,7 +78,8 @@ def _pad_to_multiple(rgb: np.ndarray, multiple: int) -> np.ndarray:
 class ImageCodec:
     """Encode images to ``.ldc`` bytes and decode them back.
 
-    ``precision`` ("fp32" or "bf16") and ``device`` apply to the transforms only;
+    ``precision`` ("auto", "fp32" or "bf16"; auto = bf16 where the hardware has it natively)
+    and ``device`` apply to the transforms only;
     streams are interchangeable between all settings. ``tile`` (in latents, 16
     pixels each; 0 = whole image) bounds the transforms' memory on large images.
     ``diffusion`` is the diffusion decoder's weights file (default: the
@@ -85,18 +87,16 @@ class ImageCodec:
     when a decode first asks for steps > 0.
     """
 
-    def __init__(self, weights: LoadedWeights, device: str | torch.device = "cpu", precision: str = "fp32",
+    def __init__(self, weights: LoadedWeights, device: str | torch.device = "cpu", precision: str = "auto",
                  max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE,
                  diffusion: str | Path | None = None):
-        if precision not in ("fp32", "bf16"):
-            raise ValueError("precision must be 'fp32' or 'bf16'")
         if tile < 0:
             raise ValueError("tile must be >= 0")
         self.tile = tile
         self.weights = weights
         self.model_id = weights.model_id
         self.device = torch.device(device)
-        self.precision = precision
+        self.precision = resolve_precision(precision, self.device)
         self.max_pixels = max_pixels
         # The entropy-parameter path keeps its own float32, contiguous CPU copy.
         self._hyper_synthesis = copy.deepcopy(weights.model.h_s).cpu().float().eval()
@@ -272,7 +272,7 @@ class ImageCodec:
             return denoiser.denormalise(x, inverse_gain).contiguous()
 
 
-def load(model: str | Path = DEFAULT_MODEL_ID, device: str = "cpu", precision: str = "fp32",
+def load(model: str | Path = DEFAULT_MODEL_ID, device: str = "cpu", precision: str = "auto",
          max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE,
          diffusion: str | Path | None = None) -> ImageCodec:
     """The codec with the shipped weights (no network). ``model`` is an id or a .safetensors path.

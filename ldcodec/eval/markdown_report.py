@@ -69,6 +69,10 @@ def write_markdown_report(path: Path, summary: dict, bd_rates: list[dict], info:
              "Regenerate with:", "", "```sh", command, "```", ""]
     if info.get("skipped"):
         lines += ["Skipped: " + "; ".join(info["skipped"]), ""]
+    if info.get("reused"):
+        lines += [f"Reused: {info['reused']['rows']} classical-codec measurements (same codec, setting, image and "
+                  f"library versions) from `{info['reused']['from']}`; their timings are that run's. "
+                  "ldcodec was measured in this run.", ""]
     for metric, title, fmt in METRICS:
         table = matched_rate_table(summary, metric, fmt)
         if table:

@@ -59,6 +59,8 @@ class EvalConfig:
     held_out: bool = False
     crop_bpp: float = 0.15
     crop_size: int = 256
+    #: Earlier output folder whose classical-codec rows may be reused (:mod:`ldcodec.eval.reuse`).
+    reuse: Path | None = None
     #: Markdown report path (default OUT/results.md) and the command line quoted in it.
     report: Path | None = None
     command: str = ""
@@ -206,17 +208,20 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = lambda m: pr
              for i, path in enumerate(images)
              for c, codec in enumerate(codecs)
              for s, setting in enumerate(codec.settings(config.points))]
+    reused: list = []
+    if config.reuse is not None:
+        tasks, reused = _reuse(config, tasks, [c.name for c in codecs], log)
     in_process = [t for t in tasks if config.jobs == 1 or isinstance(t[0], LdcodecCodec)]
     pooled = [t for t in tasks if config.jobs > 1 and not isinstance(t[0], LdcodecCodec)]
     originals = lru_cache(maxsize=4 * config.jobs + 4)(load_rgb)
     crops = ClosestToTarget(config.crop_bpp, config.crop_size)
-    measured: list[Measurement] = []
+    measured: list[Measurement] = [Measurement(dict(row), None, task[3]) for task, row in reused]
 
     def rows() -> list[dict]:
         return [m.row for m in sorted(measured, key=lambda m: m.order)]
 
     try:
-        with tqdm(total=len(tasks), desc="eval", unit="code", disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=len(tasks) + len(reused), initial=len(reused), desc="eval", unit="code", disable=not progress, dynamic_ncols=True) as bar:
             sources = [(measure(*t) for t in in_process)]
             if pooled:
                 sources.append(_in_pool(pooled, config.jobs))
@@ -239,6 +244,7 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = lambda m: pr
     outputs.summary = reports.summarize(outputs.rows)
     reports.write_results_csv(out / "results.csv", outputs.rows)
     info = {"image_dir": str(config.image_dir), "images": len(images), "points": config.points,
+            "reused": {"from": str(config.reuse), "rows": len(reused)} if config.reuse is not None else None,
             "crop_bpp": config.crop_bpp, "lpips": "alex v0.1" if config.lpips else None,
             "skipped": skipped, "versions": _versions()}
     reports.write_summary_json(out / "summary.json", outputs.summary, info)
@@ -255,6 +261,25 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = lambda m: pr
     outputs.files.append(write_markdown_report(report, outputs.summary, outputs.bd_rates, info, figures,
                                                config.command or "ldcodec eval ...", crops=crop_files))
     return outputs
+
+
+def _reuse(config: EvalConfig, tasks: list, codec_names: list[str], log) -> tuple[list, list]:
+    """(tasks still to measure, (task, earlier row) pairs) for ``--reuse``."""
+    from ldcodec.eval.reuse import load_reusable_rows, split_reused
+
+    rows, message = load_reusable_rows(config.reuse, _versions())
+    log(message)
+    if config.lpips:  # rows measured without LPIPS cannot stand in for rows with it
+        rows = {k: r for k, r in rows.items() if not math.isnan(r["lpips"])}
+
+    def image_size(path: Path) -> tuple[int, int]:
+        with Image.open(path) as image:
+            return image.height, image.width
+
+    crop_names = tuple(_crop_codecs(codec_names) or codec_names)
+    measure_tasks, reused = split_reused(tasks, rows, crop_names, config.crop_bpp, image_size)
+    log(f"--reuse: {len(reused)} measurements reused, {len(measure_tasks)} to measure")
+    return measure_tasks, reused
 
 
 def _write_plots(out: Path, summary: dict, anchors: Path | None) -> list[Path]:
