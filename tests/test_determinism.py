@@ -7,10 +7,16 @@ bf16 (and on CUDA when a GPU is present). What must hold, and is asserted:
 * entropy parameters (ẑ, snapped means, scale indexes) and the decoded latents ŷ are
   bit-identical in every configuration, the encoder's included: the coder sees
   the same models everywhere, so every stream decodes symbol-exactly;
-* the synthesis transform's float output, and so the decoded pixels, are identical
-  across thread counts at the same precision and device. The float output is the
-  sensitive check: a kernel whose sums depend on the thread count changes many
-  floats but, with rounding to 8 bits, only a few pixels of a large image.
+* at the precision ``"auto"`` picks on this machine (what users get by default), the
+  synthesis transform's float output, and so the decoded pixels, are identical
+  across thread counts on the CPU. The float output is the sensitive check: a kernel
+  whose sums depend on the thread count changes many floats but, with rounding to
+  8 bits, only a few pixels of a large image;
+* at the other precision, pixels across thread counts differ by at most one level.
+  On AVX-512 CPUs (Intel Sapphire Rapids) oneDNN's fp32 convolutions split their
+  sums differently at 2 threads than at 1 or 4, while their bf16 kernels (which
+  ``"auto"`` picks there) are thread-invariant; on AVX2-only CPUs fp32 is the
+  thread-invariant one and the default.
 
 It runs with a tiny random model and with the shipped weights.
 
@@ -30,6 +36,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+
+from ldcodec.codec.precision import resolve_precision
 
 SCRIPT = r"""
 import hashlib, json, sys
@@ -129,11 +137,20 @@ def test_stream_decodes_identically_across_threads_precisions_and_devices(model,
     assert len({c["entropy"] for c in configs}) == 1, f"entropy parameters differ:\n{table}"
     assert len({c["latents"] for c in decoders}) == 1, f"decoded latents differ:\n{table}"
 
-    # Pixels: identical across thread counts for each (device, precision).
+    # Pixels: identical across thread counts at the default precision on the CPU; within one
+    # level at the other precision (and on CUDA).
+    default = ("cpu", resolve_precision("auto", "cpu"))
     for key in {(c["device"], c["precision"]) for c in decoders}:
         group = [c for c in decoders if (c["device"], c["precision"]) == key]
-        assert len({c["synthesis"] for c in group}) == 1, f"synthesis output differs across threads for {key}:\n{table}"
-        assert len({c["pixels"] for c in group}) == 1, f"pixels differ across threads for {key}:\n{table}"
+        if key == default:
+            assert len({c["synthesis"] for c in group}) == 1, \
+                f"synthesis output differs across threads for {key} (the default):\n{table}"
+            assert len({c["pixels"] for c in group}) == 1, f"pixels differ across threads for {key}:\n{table}"
+        first = np.load(group[0]["pixels_file"]).astype(int)
+        spread = max(int(np.abs(np.load(c["pixels_file"]).astype(int) - first).max()) for c in group)
+        print(f"{key}: synthesis identical across threads: {len({c['synthesis'] for c in group}) == 1}, "
+              f"max |Δpixel| across threads = {spread}")
+        assert spread <= 1, f"pixels differ by {spread} levels across threads for {key}:\n{table}"
 
     # fp32 vs bf16 (and CPU vs CUDA): different arithmetic, reported, expected close.
     reference = np.load(next(c["pixels_file"] for c in decoders if (c["device"], c["precision"]) == ("cpu", "fp32")))

@@ -20,6 +20,8 @@ from ldcodec.eval.reports import RESULT_FIELDS
 
 #: Version keys that do not bear on the classical codecs' output.
 IGNORED_VERSIONS = ("ldcodec",)
+#: Always measured: ldcodec's curves (any step count), and bpg, whose tool version is not recorded.
+NEVER_REUSED = ("ldcodec", "bpg")
 _NUMERIC = ("width", "height", "bytes")
 _FLOAT = ("bpp", "psnr", "ms_ssim", "lpips", "encode_s", "decode_s")
 
@@ -47,7 +49,7 @@ def load_reusable_rows(folder: Path, versions: dict) -> tuple[dict, str]:
     rows = {}
     with open(results, newline="", encoding="utf-8") as f:
         for raw in csv.DictReader(f):
-            if raw.get("codec", "").startswith("ldcodec") or set(RESULT_FIELDS) - set(raw):
+            if raw.get("codec", "").startswith(NEVER_REUSED) or set(RESULT_FIELDS) - set(raw):
                 continue
             row = {k: raw[k] for k in RESULT_FIELDS}
             row.update({k: int(row[k]) for k in _NUMERIC})
