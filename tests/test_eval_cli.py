@@ -52,7 +52,8 @@ def test_tiny_run_writes_every_output(image_dir, tmp_path):
         reader = csv.DictReader(handle)
         assert tuple(reader.fieldnames) == BD_RATE_FIELDS
         bd_rows = list(reader)
-    assert [(r["codec"], r["anchor"], r["metric"]) for r in bd_rows] == [("webp", "jpeg", "psnr")]
+    assert [(r["codec"], r["anchor"], r["metric"]) for r in bd_rows] == [("webp", "jpeg", "psnr"),
+                                                                         ("jpeg", "webp", "psnr")]
 
     assert (out / "rd_psnr.png").stat().st_size > 0 and (out / "rd_msssim.png").exists()
     assert not (out / "rd_lpips.png").exists()

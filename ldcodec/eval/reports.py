@@ -23,7 +23,7 @@ RESULT_FIELDS = ("codec", "setting", "image", "width", "height", "bytes", "bpp",
 MEAN_FIELDS = ("bytes", "bpp", "psnr", "ms_ssim", "lpips", "encode_s", "decode_s")
 BD_RATE_FIELDS = ("codec", "anchor", "metric", "quality_axis", "overlap_low", "overlap_high",
                   *(f"bd_rate_{method}_pct" for method in METHODS))
-BD_RATE_ANCHORS = ("jpeg", "hevc")
+BD_RATE_ANCHORS = ("jpeg", "webp", "hevc")
 
 
 def write_atomically(path: Path, text: str) -> None:
