@@ -78,3 +78,32 @@ def test_held_out_split_is_stable_and_disjoint(tmp_path):
     assert not set(train) & set(held)
     assert len(train) + len(held) == 60
     assert split_images(tmp_path) == (train, held)
+
+
+def test_sigterm_stops_at_a_step_boundary_with_checkpoint_and_export(image_dir, tmp_path, monkeypatch):
+    """kill -TERM ends a long run early without losing its steps (used to re-plan runs mid-session)."""
+    import os
+    import signal
+
+    import torch
+
+    from ldcodec.train import data
+
+    calls = {"n": 0}
+    real_batch = data.CropSampler.batch
+
+    def batch_then_terminate(self, n):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the val batch is call 1, so this is during training step 3
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_batch(self, n)
+
+    monkeypatch.setattr(data.CropSampler, "batch", batch_then_terminate)
+    before = signal.getsignal(signal.SIGTERM)
+    export = tmp_path / "w.safetensors"
+    trainer = Trainer(config(image_dir, tmp_path, 1000, export=str(export)))
+    trainer.run()
+    assert trainer.step == 3  # the step in flight finished, no more began
+    state = torch.load(tmp_path / "ckpt" / "t" / "last.pt", weights_only=False)
+    assert state["step"] == 3 and export.exists()
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is removed again
