@@ -248,13 +248,18 @@ def _baselines(rgb: np.ndarray, target_bpp: float, threads: int, repeat: int) ->
     return out
 
 
+def _codec_options(spec: dict):
+    """The codec a size or throughput child builds, from its spec (one place for both)."""
+    from ldcodec.batch import CodecOptions
+
+    return CodecOptions(model=spec.get("model"), device=spec["device"], precision=spec.get("precision", "auto"),
+                        threads=spec.get("threads"))
+
+
 def _load_codec(spec: dict):
     import torch
 
-    from ldcodec.batch import CodecOptions
-
-    codec = CodecOptions(model=spec.get("model"), device=spec["device"], precision=spec.get("precision", "auto"),
-                         threads=spec.get("threads")).load()
+    codec = _codec_options(spec).load()
     return codec, torch.get_num_threads()
 
 
@@ -329,11 +334,10 @@ def measure_throughput(spec: dict) -> dict:
 
     import torch  # noqa: F401 - imported before the timing, as the ldcodec command has it
 
-    from ldcodec.batch import CodecOptions, expand_inputs, plan_outputs, run_batch
+    from ldcodec.batch import expand_inputs, plan_outputs, run_batch
 
     w, h = spec["width"], spec["height"]
-    options = CodecOptions(model=spec.get("model"), device=spec["device"], precision=spec.get("precision", "auto"),
-                           threads=spec.get("threads"))
+    options = _codec_options(spec)
     with tempfile.TemporaryDirectory(prefix="ldcodec-bench-") as tmp:
         src, streams, decoded = Path(tmp, "in"), Path(tmp, "ldc"), Path(tmp, "out")
         for folder in (src, streams, decoded):

@@ -8,6 +8,7 @@ import sys
 
 import click
 
+from ldcodec.codec.precision import PRECISIONS
 from ldcodec.errors import LdcodecError
 
 
@@ -64,7 +65,7 @@ def _default_jobs() -> str:
 @click.option("--model", default=None, help="Model id or .safetensors path [shipped default].")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
               help="Where ldcodec's transforms run (the baselines run on the CPU).")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="Arithmetic of ldcodec's transforms (auto: bf16 on CUDA and on CPUs with native bf16).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch threads, and x265/libde265 threads for HEVC [torch's default].")

@@ -9,6 +9,8 @@ import warnings
 
 import click
 
+from ldcodec.codec.precision import PRECISIONS
+
 # Deprecation chatter from torch/compressai internals is not for our users.
 warnings.filterwarnings("ignore", category=FutureWarning)
 warnings.filterwarnings("ignore", message=".*onednn.*")
@@ -74,7 +76,7 @@ _device_option = click.option("--device", type=click.Choice(["cpu", "cuda", "aut
                               help="Where the transforms run (auto: CUDA when available). Streams are "
                                    "interchangeable between devices.")
 _precision_option = click.option(
-    "--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+    "--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
     help="Arithmetic of the image transforms (auto: bf16 on CUDA and on CPUs with native bf16, "
          "else fp32). Streams decode identically either way; the entropy parameters are always fp32.")
 _jobs_option = click.option("-j", "--jobs", type=click.IntRange(1, 256), default=1, show_default=True,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ldcodec.codec.model import ModelConfig
+from ldcodec.codec.precision import PRECISIONS
 
 
 @click.command("train")
@@ -20,7 +21,7 @@ from ldcodec.codec.model import ModelConfig
 @click.option("--lambda-min", default=0.0008, show_default=True, help="λ at quality 0.")
 @click.option("--lambda-max", default=0.06, show_default=True, help="λ at quality 1.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA or on CPUs with native bf16, else fp32.")
 @click.option("--threads", default=0, help="CPU threads (0: torch default).")
 @click.option("--checkpoint-dir", default=None, help="Where resumable checkpoints live [~/.cache/ldcodec-train].")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ldcodec.codec.precision import PRECISIONS
+
 
 @click.command("train-diffusion")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
@@ -16,7 +18,7 @@ import click
 @click.option("--warmup", default=200, show_default=True, help="Linear lr warm-up steps.")
 @click.option("--decay-fraction", default=0.3, show_default=True, help="Final fraction of steps with cosine lr decay.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16"]), default="auto", show_default=True,
+@click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA or on CPUs with native bf16, else fp32.")
 @click.option("--threads", default=0, help="CPU threads (0: torch default).")
 @click.option("--checkpoint-dir", default=None, help="Where resumable checkpoints live [~/.cache/ldcodec-train].")

@@ -26,10 +26,10 @@ from ldcodec.bitstream.entropy_coding import (
     encode_latents,
 )
 from ldcodec.codec.diffusion_weights import diffusion_path_for
-from ldcodec.codec.precision import resolve_precision
 from ldcodec.codec.entropy_parameters import Y_SYMBOL_MAX, Y_SYMBOL_MIN, Z_RADIUS, gaussian_parameters
 from ldcodec.codec.tiling import DEFAULT_TILE, analyse_tiled, synthesise_tiled
 from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
+from ldcodec.codec.precision import resolve_precision
 from ldcodec.codec.transforms import HYPER_STRIDE
 from ldcodec.codec.weights import DEFAULT_MODEL_ID, LoadedWeights, load_weights
 from ldcodec.errors import BitstreamError, InputImageError, LdcodecError, ModelMismatchError, NoDiffusionDecoderError

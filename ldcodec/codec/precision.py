@@ -11,8 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
@@ -25,8 +23,14 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def resolve_precision(precision: str, device: torch.device | str) -> str:
-    """``"auto"`` -> ``"bf16"`` on CUDA or a CPU with native bf16, else ``"fp32"``; others unchanged."""
+def resolve_precision(precision: str, device) -> str:
+    """``"auto"`` -> ``"bf16"`` on CUDA or a CPU with native bf16, else ``"fp32"``; others unchanged.
+
+    ``device``: a ``torch.device`` or its name. (torch is imported here, not at module level, so
+    the command-line options can take :data:`PRECISIONS` without loading torch.)
+    """
+    import torch
+
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
     if precision != "auto":
