@@ -174,3 +174,39 @@ def test_gaussian_parameters_ignore_the_callers_thread_setting(tiny_codec):
         torch.set_num_threads(before)
     print(f"\ngaussian_parameters with torch threads 1, 2, 3: {[r[:16] for r in results]}")
     assert len(set(results)) == 1, results
+
+
+DIFFUSION_SCRIPT = r"""
+import hashlib, sys
+import numpy as np, torch
+import ldcodec
+torch.set_num_threads(int(sys.argv[2]))
+codec = ldcodec.load()
+blob = open(sys.argv[1], "rb").read()
+for sampler in ("dpmpp", "ddim"):
+    pixels = np.asarray(codec.decode(blob, steps=4, seed=3, sampler=sampler))
+    print(sampler, hashlib.sha256(pixels.tobytes()).hexdigest())
+"""
+
+
+def test_diffusion_decode_is_identical_across_threads(tmp_path):
+    """Same stream + seed -> same pixels at 1, 2 and 4 threads, with the shipped diffusion decoder."""
+    import ldcodec
+
+    codec = ldcodec.load()
+    if not codec.has_diffusion_decoder:
+        pytest.skip(f"the shipped model {codec.model_id} has no diffusion decoder")
+    rng = np.random.default_rng(2)
+    yy, xx = np.mgrid[0:96, 0:144]
+    img = np.clip(np.stack([128 + 90 * np.sin(xx / (6 + c)) * np.cos(yy / 9) for c in range(3)], -1)
+                  + rng.normal(0, 6, (96, 144, 3)), 0, 255).astype(np.uint8)
+    path = tmp_path / "s.ldc"
+    path.write_bytes(codec.encode(img, quality=0.2))
+    outputs = {}
+    for threads in (1, 2, 4):
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        out = subprocess.run([sys.executable, "-c", DIFFUSION_SCRIPT, str(path), str(threads)], capture_output=True,
+                             text=True, env=env, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        outputs[threads] = out.stdout.split()
+    assert outputs[1] == outputs[2] == outputs[4], outputs

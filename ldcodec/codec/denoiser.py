@@ -36,7 +36,7 @@ class DenoiserConfig:
     """Shape of the denoiser; stored in the diffusion weights' metadata."""
 
     latent_channels: int = 128
-    block_out_channels: tuple[int, ...] = (128, 192)
+    block_out_channels: tuple[int, ...] = (96, 128)
     layers_per_block: int = 1
     norm_num_groups: int = 32
     num_train_timesteps: int = 1000

@@ -112,6 +112,7 @@ class ImageCodec:
             diffusion = diffusion_path_for(weights.path)
         self.diffusion_path = Path(diffusion) if diffusion is not None else None
         self._denoiser = None  # loaded on first use (steps > 0)
+        self._diffusion_synthesis = None  # the diffusion file's fine-tuned g_s, if it has one
 
     @property
     def has_diffusion_decoder(self) -> bool:
@@ -124,9 +125,25 @@ class ImageCodec:
                 raise NoDiffusionDecoderError(f"no diffusion decoder for model {self.model_id!r}; use steps=0")
             from ldcodec.codec.diffusion_weights import load_denoiser
 
-            loaded = load_denoiser(self.diffusion_path, self.weights.sha256, self._latent_channels)
+            loaded = load_denoiser(self.diffusion_path, self.weights.sha256, self._latent_channels,
+                                   base_synthesis=self.model.g_s)
             self._denoiser = loaded.denoiser.to(self.device).float().eval()
+            self._denoiser.to(memory_format=torch.channels_last)  # ~7 % faster UNet steps on CPU
+            if loaded.synthesis is not None:
+                self._diffusion_synthesis = loaded.synthesis.to(self.device).eval()
+                self._diffusion_synthesis.to(memory_format=torch.channels_last)
         return self._denoiser
+
+    def _synthesis_for(self, steps: int):
+        """Latents -> pixels: the base g_s at steps 0, the fine-tuned one (if shipped) after diffusion."""
+        if steps == 0 or self._diffusion_synthesis is None:
+            return self.model.synthesise  # the distortion-optimal path, unchanged
+        g_s = self._diffusion_synthesis
+
+        def synthesise(part: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+            return g_s(part * self.model.gain.inverse_gain(quality).to(part.dtype))
+
+        return synthesise
 
     # Encoding ---------------------------------------------------------------------------
     def _autocast(self):
@@ -256,8 +273,8 @@ class ImageCodec:
             y = self._diffuse(denoiser, y, quality, steps, seed, sampler, start)
         rgb = np.empty((h.height, h.width, 3), dtype=np.uint8)
         with torch.inference_mode(), self._autocast():
-            synthesise_tiled(lambda part: self.model.synthesise(part, quality), y, rgb,
-                             self._tile_for(*y.shape[2:]))
+            synthesise = self._synthesis_for(steps)
+            synthesise_tiled(lambda part: synthesise(part, quality), y, rgb, self._tile_for(*y.shape[2:]))
         return finish_image(rgb, h.mode, alpha)
 
     def _diffuse(self, denoiser, y: torch.Tensor, quality: torch.Tensor, steps: int, seed: int, sampler: str,

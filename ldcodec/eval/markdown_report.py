@@ -61,7 +61,7 @@ def bd_rate_lines(bd_rates: list[dict]) -> list[str]:
 
 
 def write_markdown_report(path: Path, summary: dict, bd_rates: list[dict], info: dict, figures: list[Path],
-                          command: str, crops: list[Path] = ()) -> Path:
+                          command: str, crops: list[Path] = (), extra_sections: list[tuple[str, str]] = ()) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["# Rate–distortion results", "",
@@ -84,6 +84,8 @@ def write_markdown_report(path: Path, summary: dict, bd_rates: list[dict], info:
     if crops:
         lines += ["", f"## Side-by-side crops at ≈{info.get('crop_bpp')} bpp (original | codecs, see crops/)", ""]
         lines += [f"![{c.stem}]({os.path.relpath(c, path.parent)})" for c in list(crops)[:4]]
+    for title, text in extra_sections:
+        lines += ["", f"## {title}", "", text.strip()]
     lines += ["", "## Every measured setting (means over images)", ""] + rd_points_table(summary) + [""]
     write_atomically(path, "\n".join(lines))
     return path

@@ -55,6 +55,30 @@ def bpp(n_bytes: int, width: int, height: int) -> float:
     return 8.0 * n_bytes / (width * height)
 
 
+def lpips_network(weights_path: str | None = None):
+    """``lpips.LPIPS(net="alex", version="0.1")`` with our provisioned weights (eval mode, frozen).
+
+    Shared by :class:`LpipsMetric` and the diffusion decoder's training loss.
+    Inputs are images in [-1, 1].
+    """
+    import lpips
+
+    from ldcodec.eval.lpips_weights import LpipsWeightsError, load_lpips_state_dict
+
+    state = load_lpips_state_dict(weights_path)
+    with warnings.catch_warnings():  # torchvision's deprecation notes about ``pretrained``
+        warnings.simplefilter("ignore")
+        model = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, pretrained=True, verbose=False)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Left out on purpose: the fixed input scaling and ``lin0..4``, aliases of ``lins.0..4``.
+    not_loaded = [k for k in missing if not k.startswith(("scaling_layer.", "lin0.", "lin1.", "lin2.", "lin3.", "lin4."))]
+    if not_loaded or unexpected:
+        raise LpipsWeightsError(f"LPIPS weights do not fit the model (missing {not_loaded}, unexpected {unexpected})")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
 class LpipsMetric:
     """LPIPS distance (AlexNet, v0.1, the ``lpips`` package); lower is more similar.
 
@@ -63,22 +87,10 @@ class LpipsMetric:
     """
 
     def __init__(self, weights_path: str | None = None, device: str = "cpu"):
-        import lpips
         import torch
 
-        from ldcodec.eval.lpips_weights import LpipsWeightsError, load_lpips_state_dict
-
-        state = load_lpips_state_dict(weights_path)
-        with warnings.catch_warnings():  # torchvision's deprecation notes about ``pretrained``
-            warnings.simplefilter("ignore")
-            model = lpips.LPIPS(net="alex", version="0.1", pnet_rand=True, pretrained=True, verbose=False)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        # Left out on purpose: the fixed input scaling and ``lin0..4``, aliases of ``lins.0..4``.
-        not_loaded = [k for k in missing if not k.startswith(("scaling_layer.", "lin0.", "lin1.", "lin2.", "lin3.", "lin4."))]
-        if not_loaded or unexpected:
-            raise LpipsWeightsError(f"LPIPS weights do not fit the model (missing {not_loaded}, unexpected {unexpected})")
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        self.model = lpips_network(weights_path).to(self.device)
 
     def __call__(self, a: np.ndarray, b: np.ndarray) -> float:
         _check_pair(a, b)

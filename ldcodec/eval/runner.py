@@ -29,6 +29,9 @@ from ldcodec.eval.markdown_report import write_markdown_report
 from ldcodec.eval.crops import ClosestToTarget, save_side_by_side
 from ldcodec.eval.metrics import bpp, ms_ssim, psnr
 
+#: A sweep report in the results folder that the markdown report takes in as a section.
+DIFFUSION_SWEEP_REPORT = "diffusion-sweep.md"
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 CROP_CODECS = ("ldcodec", "hevc", "jpeg")  # ldcodec stands for all its step variants
 
@@ -258,8 +261,11 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = lambda m: pr
     crop_files = _write_crops(out / "crops", images, crops, [c.name for c in codecs], originals, config.crop_size)
     outputs.files += figures + crop_files
     report = Path(config.report) if config.report else out / "results.md"
+    sweep = out / DIFFUSION_SWEEP_REPORT  # written by benchmarks/bench_diffusion_sweep.py
+    extra = [("Diffusion decoder sweep (same streams, every decoder)", sweep.read_text())] if sweep.is_file() else []
     outputs.files.append(write_markdown_report(report, outputs.summary, outputs.bd_rates, info, figures,
-                                               config.command or "ldcodec eval ...", crops=crop_files))
+                                               config.command or "ldcodec eval ...", crops=crop_files,
+                                               extra_sections=extra))
     return outputs
 
 

@@ -1,17 +1,30 @@
-"""Training the diffusion decoder's denoiser on a frozen base model's latents.
+"""Training the diffusion decoder on a frozen base model's latents.
 
-Each step: random crops, a quality q ~ U[0,1] per image, the base model's gained
-latents y_g and their quantized version ŷ_g = round(y_g − μ) + μ (μ snapped as the
-coder does), both normalised (see :mod:`ldcodec.codec.denoiser`). A timestep t is
-drawn uniformly, the clean latent is noised with the cosine schedule and the
-denoiser is trained to predict it (x0 MSE in latent space) from (x_t, t, ŷ, q).
-The base model never changes: the encoder and the bitstream stay as they are.
+Each step takes random crops, **one quality q ~ U[0,1] for the batch** (like λ per
+batch in the base trainer; the sampler below needs one noise level per batch), the
+base model's gained latents y_g and their quantized version ŷ_g = round(y_g − μ) + μ
+(μ snapped as the coder does), both normalised (see :mod:`ldcodec.codec.denoiser`).
+
+* **Denoiser** — a real diffusion objective: t is drawn uniformly from the whole
+  schedule for half the batch and uniformly from [0, t_match(q)] (the matched start
+  the default sampler uses) for the other half; the clean latent is noised with the
+  cosine schedule and the denoiser predicts it (x0 MSE in latent space) from
+  (x_t, t, ŷ, q).
+* **Perceptual synthesis** (``perceptual_weight`` > 0) — a copy of the base g_s is
+  fine-tuned on what the decoder will feed it: the output of the actual sampler
+  (DPM-Solver++, matched start, K ∈ ``perceptual_steps``, a random seed), computed
+  without gradients, so the denoiser learns from the diffusion loss only. Its loss is
+  ``mse_weight``·MSE + ``perceptual_weight``·LPIPS(AlexNet) against the crop.
+
+The base model never changes: the encoder, the bitstream and steps 0 stay as they are.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
+import math
 import platform
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,10 +38,18 @@ from tqdm import tqdm
 from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
 from ldcodec.codec.diffusion_weights import export_denoiser, load_denoiser
 from ldcodec.codec.entropy_parameters import MEAN_GRID
-from ldcodec.codec.latent_diffusion import training_alphas_cumprod
+from ldcodec.codec.latent_diffusion import matched_timestep, sample_latents, training_alphas_cumprod
 from ldcodec.codec.weights import load_weights
 from ldcodec.train.data import CropSampler, split_images
-from ldcodec.train.trainer import DEFAULT_CHECKPOINT_DIR, atomic_torch_save, learning_rate, pick_device, use_bf16
+from ldcodec.train.trainer import (
+    DEFAULT_CHECKPOINT_DIR,
+    atomic_torch_save,
+    learning_rate,
+    pick_device,
+    restore_sigterm,
+    stop_on_sigterm,
+    use_bf16,
+)
 
 
 @dataclass
@@ -59,12 +80,25 @@ class DiffusionTrainConfig:
     init_from: str = ""
     #: Batches used once, at a fresh start, to measure the per-channel latent scale.
     scale_batches: int = 4
+    #: Weight of LPIPS in the perceptual synthesis' loss; 0 = no perceptual synthesis (base g_s at steps > 0).
+    perceptual_weight: float = 1.0
+    #: Weight of the pixel MSE (images in [0, 1]) in that loss.
+    mse_weight: float = 150.0
+    #: Learning rate of the perceptual synthesis (it starts from the trained base g_s).
+    synthesis_lr: float = 5e-5
+    #: Sampler step counts whose outputs the perceptual synthesis is trained on (one drawn per step).
+    perceptual_steps: tuple[int, ...] = (1, 2, 4)
+    #: LPIPS weights file (default: the provisioned cache, see ldcodec.eval.lpips_weights).
+    lpips_weights: str = ""
     #: The denoiser's shape; ``latent_channels`` is taken from the base model.
     denoiser: DenoiserConfig = field(default_factory=DenoiserConfig)
 
 
 class DiffusionTrainer:
-    LOG_FIELDS = ["step", "hours", "lr", "loss", "yhat_loss", "val_loss"]
+    LOG_FIELDS = ["step", "hours", "lr", "loss", "yhat_loss", "psnr", "lpips", "val_loss", "val_psnr", "val_lpips",
+                  "val_base_psnr", "val_base_lpips"]
+    #: Fixed validation qualities of the perceptual check (the low rates the issue targets, and one higher).
+    VALIDATION_QUALITIES = (0.1, 0.4)
 
     def __init__(self, cfg: DiffusionTrainConfig):
         self.cfg = cfg
@@ -84,7 +118,18 @@ class DiffusionTrainer:
         m = self.base.config.latent_channels
         self.denoiser_config = DenoiserConfig(**{**asdict(cfg.denoiser), "latent_channels": m})
         self.denoiser = LatentDenoiser(self.denoiser_config).to(self.device)
-        self.optimizer = torch.optim.Adam(self.denoiser.parameters(), lr=cfg.lr)
+        groups = [{"params": list(self.denoiser.parameters()), "lr_scale": 1.0}]
+        self.synthesis = None
+        self.lpips = None
+        if cfg.perceptual_weight > 0:
+            from ldcodec.eval.metrics import lpips_network  # needs the eval extra and the LPIPS weights
+
+            self.lpips = lpips_network(cfg.lpips_weights or None).to(self.device)
+            self.synthesis = copy.deepcopy(self.base.g_s).to(self.device).to(memory_format=torch.channels_last)
+            for p in self.synthesis.parameters():
+                p.requires_grad_(True)
+            groups.append({"params": list(self.synthesis.parameters()), "lr_scale": cfg.synthesis_lr / cfg.lr})
+        self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
         self.alphas = training_alphas_cumprod(self.denoiser_config.num_train_timesteps).to(self.device)
         self.step = 0
         self.elapsed = 0.0
@@ -107,19 +152,56 @@ class DiffusionTrainer:
         y_hat = torch.round(y_g - means) + means
         return y_g, y_hat, self.base.gain.inverse_gain(quality).float()
 
-    def loss_terms(self, x: torch.Tensor, quality: torch.Tensor, t: torch.Tensor,
-                   noise_generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x0 MSE of the denoiser, MSE of ŷ itself) on normalised latents."""
+    def matched_t(self, inverse_gain: torch.Tensor) -> int:
+        """The matched start timestep of a batch's quality (the default sampler starts there)."""
+        sigma = float(self.denoiser.quantization_sigma(inverse_gain[:1])[0])
+        return matched_timestep(sigma, self.alphas.cpu())
+
+    def sample_timesteps(self, batch: int, t_match: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Half the batch uniform over the schedule, half uniform over [0, t_match]."""
+        full = torch.randint(0, self.denoiser_config.num_train_timesteps, (batch,), generator=generator)
+        low = torch.randint(0, t_match + 1, (batch,), generator=generator)
+        pick_low = torch.arange(batch) % 2 == 1
+        return torch.where(pick_low, low, full).to(self.device)
+
+    def loss_terms(self, x: torch.Tensor, quality: torch.Tensor, generator: torch.Generator | None = None
+                   ) -> dict[str, torch.Tensor]:
+        """The batch's losses: x0 MSE of the denoiser, MSE of ŷ itself (latent space), and, with a
+        perceptual synthesis, its pixel MSE and LPIPS on the sampler's output."""
         y_g, y_hat, inverse_gain = self.latents(x, quality)
         clean = self.denoiser.normalise(y_g, inverse_gain)
         cond = self.denoiser.normalise(y_hat, inverse_gain)
-        eps = torch.randn(clean.shape, generator=noise_generator).to(self.device) if noise_generator is not None \
-            else torch.randn_like(clean)
+        t_match = self.matched_t(inverse_gain)
+        t = self.sample_timesteps(x.shape[0], t_match, generator)
+        eps = torch.randn(clean.shape, generator=generator).to(self.device)
         a = self.alphas[t][:, None, None, None]
         x_t = a.sqrt() * clean + (1 - a).sqrt() * eps
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             pred = self.denoiser(x_t, t, cond, quality)
-        return F.mse_loss(pred.float(), clean), F.mse_loss(cond, clean)
+        terms = {"loss": F.mse_loss(pred.float(), clean), "yhat_loss": F.mse_loss(cond, clean)}
+        if self.synthesis is not None:
+            steps_choices = self.cfg.perceptual_steps
+            pick = int(torch.randint(0, len(steps_choices), (1,), generator=generator))
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+            x_hat = self.perceptual_decode(cond, quality, inverse_gain, steps_choices[pick], seed)
+            terms["mse"] = F.mse_loss(x_hat.float(), x)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                terms["lpips"] = self.lpips(x_hat * 2 - 1, x * 2 - 1).float().mean()
+        return terms
+
+    def perceptual_decode(self, cond: torch.Tensor, quality: torch.Tensor, inverse_gain: torch.Tensor, steps: int,
+                          seed: int, synthesis=None) -> torch.Tensor:
+        """What a decode with ``steps`` > 0 produces: sampler (no gradient) -> synthesis (gradient)."""
+        was_training = self.denoiser.training
+        self.denoiser.eval()
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            sigma = float(self.denoiser.quantization_sigma(inverse_gain[:1])[0])
+            x0 = sample_latents(self.denoiser, cond, quality[:1], sigma, steps, seed=seed)
+        self.denoiser.train(was_training)
+        ungained = (self.denoiser.denormalise(x0, inverse_gain) * inverse_gain).contiguous(
+            memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return (synthesis or self.synthesis)(ungained)
 
     @torch.no_grad()
     def measure_latent_scale(self) -> torch.Tensor:
@@ -153,6 +235,11 @@ class DiffusionTrainer:
                 raise SystemExit(f"{self.checkpoint_path} has denoiser {state['denoiser_config']}, "
                                  f"not {asdict(self.denoiser_config)}")
             self.denoiser.load_state_dict(state["denoiser"])
+            if (state.get("synthesis") is not None) != (self.synthesis is not None):
+                raise SystemExit(f"{self.checkpoint_path} was trained with perceptual_weight "
+                                 f"{'> 0' if state.get('synthesis') is not None else '0'}; keep that setting")
+            if self.synthesis is not None:
+                self.synthesis.load_state_dict(state["synthesis"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.elapsed = state["step"], state.get("elapsed", 0.0)
             self.warmup_start = state.get("warmup_start", 0)
@@ -160,10 +247,13 @@ class DiffusionTrainer:
             self.sampler.rng = np.random.default_rng(self.cfg.seed + self.step)
             print(f"resumed {self.checkpoint_path} at step {self.step}", flush=True)
         elif self.cfg.init_from:
-            loaded = load_denoiser(self.cfg.init_from, self.base_weights.sha256, self.denoiser_config.latent_channels)
+            loaded = load_denoiser(self.cfg.init_from, self.base_weights.sha256, self.denoiser_config.latent_channels,
+                                   base_synthesis=self.base.g_s)
             if loaded.denoiser.config != self.denoiser_config:
                 raise SystemExit(f"{self.cfg.init_from} has denoiser {loaded.denoiser.config}, not {self.denoiser_config}")
             self.denoiser.load_state_dict(loaded.denoiser.state_dict())
+            if self.synthesis is not None and loaded.synthesis is not None:
+                self.synthesis.load_state_dict(loaded.synthesis.state_dict())
             info = json.loads(loaded.metadata.get("training", "{}"))
             self.step = self.warmup_start = int(info.get("steps", 0))
             print(f"initialised from {self.cfg.init_from} (step {self.step}, fresh optimizer)", flush=True)
@@ -173,6 +263,7 @@ class DiffusionTrainer:
     def save_checkpoint(self) -> None:
         atomic_torch_save({
             "denoiser": self.denoiser.state_dict(),
+            "synthesis": self.synthesis.state_dict() if self.synthesis is not None else None,
             "optimizer": self.optimizer.state_dict(),
             "step": self.step,
             "elapsed": self.elapsed,
@@ -186,29 +277,67 @@ class DiffusionTrainer:
     def export(self, path: str | Path) -> Path:
         info = {"steps": self.step, "hours": round(self.elapsed / 3600, 3), "data": self.cfg.data,
                 "batch": self.cfg.batch, "crop": self.cfg.crop, "lr": self.cfg.lr, "device": str(self.device),
+                "perceptual_weight": self.cfg.perceptual_weight, "mse_weight": self.cfg.mse_weight,
+                "synthesis_lr": self.cfg.synthesis_lr, "perceptual_steps": list(self.cfg.perceptual_steps),
                 "precision": "bf16" if self.bf16 else "fp32", "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__}
-        return export_denoiser(self.denoiser, path, self.base_weights.sha256, self.base_weights.model_id, info)
+        return export_denoiser(self.denoiser, path, self.base_weights.sha256, self.base_weights.model_id, info,
+                               synthesis=self.synthesis)
 
     # Validation ---------------------------------------------------------------------
-    @torch.no_grad()
-    def validation_loss(self, images: int = 8) -> float:
-        """x0 MSE on fixed held-out crops, qualities, timesteps and noise (comparable across steps)."""
+    def _validation_batch(self, images: int) -> torch.Tensor:
         if self._validation_crops is None:  # decoded once: held-out images, else a few training ones
             files = self.held_files or self.train_files[:4]
             try:
                 self._validation_crops = CropSampler(files, self.cfg.crop, seed=1234).batch(images)
             except ValueError:  # held-out images smaller than the crop
                 self._validation_crops = CropSampler(self.train_files[:4], self.cfg.crop, seed=1234).batch(images)
-        x = torch.from_numpy(self._validation_crops).to(self.device)
+        return torch.from_numpy(self._validation_crops).to(self.device)
+
+    @torch.no_grad()
+    def validation_loss(self, images: int = 8) -> float:
+        """x0 MSE on fixed held-out crops, qualities, timesteps and noise (comparable across steps)."""
+        x = self._validation_batch(images)
         generator = torch.Generator().manual_seed(1234)
-        q = torch.rand(images, generator=generator).to(self.device)
-        t = torch.randint(0, self.denoiser_config.num_train_timesteps, (images,), generator=generator).to(self.device)
         was_training = self.denoiser.training
         self.denoiser.eval()
-        loss, _ = self.loss_terms(x, q, t, noise_generator=generator)
+        losses = []
+        for q in self.VALIDATION_QUALITIES:
+            quality = torch.full((images,), q, device=self.device)
+            y_g, y_hat, inverse_gain = self.latents(x, quality)
+            clean = self.denoiser.normalise(y_g, inverse_gain)
+            cond = self.denoiser.normalise(y_hat, inverse_gain)
+            t = self.sample_timesteps(images, self.matched_t(inverse_gain), generator)
+            eps = torch.randn(clean.shape, generator=generator).to(self.device)
+            a = self.alphas[t][:, None, None, None]
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                pred = self.denoiser(a.sqrt() * clean + (1 - a).sqrt() * eps, t, cond, quality)
+            losses.append(F.mse_loss(pred.float(), clean).item())
         self.denoiser.train(was_training)
-        return loss.item()
+        return float(np.mean(losses))
+
+    @torch.no_grad()
+    def perceptual_validation(self, images: int = 8, steps: int = 4) -> dict[str, float]:
+        """PSNR and LPIPS of a steps-4 decode (seed 0) on the fixed crops, averaged over the
+        validation qualities; ``base_*``: the same for the distortion-optimal decode g_s(ŷ)."""
+        x = self._validation_batch(images)
+        rows = {"val_psnr": [], "val_lpips": [], "val_base_psnr": [], "val_base_lpips": []}
+        was_training = self.synthesis.training
+        self.synthesis.eval()
+        for q in self.VALIDATION_QUALITIES:
+            quality = torch.full((images,), q, device=self.device)
+            _, y_hat, inverse_gain = self.latents(x, quality)
+            cond = self.denoiser.normalise(y_hat, inverse_gain)
+            ungained = (y_hat * inverse_gain).contiguous(memory_format=torch.channels_last)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                base = self.base.g_s(ungained)
+            for prefix, out in (("val_", self.perceptual_decode(cond, quality, inverse_gain, steps, seed=0)),
+                                ("val_base_", base)):
+                out = out.float().clamp(0, 1)
+                rows[prefix + "psnr"].append(10 * math.log10(1 / F.mse_loss(out, x).item()))
+                rows[prefix + "lpips"].append(self.lpips(out * 2 - 1, x * 2 - 1).mean().item())
+        self.synthesis.train(was_training)
+        return {k: round(float(np.mean(v)), 4) for k, v in rows.items()}
 
     def _log(self, row: dict) -> None:
         new = not self.log_path.exists()
@@ -228,33 +357,43 @@ class DiffusionTrainer:
         start = last_ckpt = time.time()
         bar = tqdm(total=cfg.steps, initial=self.step, mininterval=20, dynamic_ncols=True, desc="train-diffusion")
         stats = []
-        while self.step < cfg.steps:
+        stop_requested, previous_handler = stop_on_sigterm()
+        while self.step < cfg.steps and not stop_requested:
             t0 = time.time()
+            lr = learning_rate(cfg, self.step, self.warmup_start)
             for group in self.optimizer.param_groups:
-                group["lr"] = learning_rate(cfg, self.step, self.warmup_start)
+                group["lr"] = lr * group["lr_scale"]
             x = torch.from_numpy(self.sampler.batch(cfg.batch)).to(self.device)
-            quality = torch.rand(cfg.batch, device=self.device)
-            t = torch.randint(0, self.denoiser_config.num_train_timesteps, (cfg.batch,), device=self.device)
-            loss, base_loss = self.loss_terms(x, quality, t)
+            quality = torch.rand(1, device=self.device).expand(cfg.batch).contiguous()
+            terms = self.loss_terms(x, quality)
+            loss = terms["loss"]
+            if self.synthesis is not None:
+                loss = loss + cfg.mse_weight * terms["mse"] + cfg.perceptual_weight * terms["lpips"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.denoiser.parameters(), cfg.clip_norm)
+            for group in self.optimizer.param_groups:
+                torch.nn.utils.clip_grad_norm_(group["params"], cfg.clip_norm)
             self.optimizer.step()
             self.step += 1
             self.elapsed += time.time() - t0
-            self.history.append(loss.item())
-            stats.append((loss.item(), base_loss.item()))
+            self.history.append(terms["loss"].item())
+            stats.append({k: v.item() for k, v in terms.items()})
             bar.update(1)
             if self.step % cfg.log_every == 0:
-                l, b = np.mean(stats, axis=0)
+                mean = {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
                 stats = []
-                row = {"step": self.step, "hours": round(self.elapsed / 3600, 4),
-                       "lr": learning_rate(cfg, self.step, self.warmup_start), "loss": round(l, 5),
-                       "yhat_loss": round(b, 5)}
+                row = {"step": self.step, "hours": round(self.elapsed / 3600, 4), "lr": lr,
+                       "loss": round(mean["loss"], 5), "yhat_loss": round(mean["yhat_loss"], 5)}
+                if "mse" in mean:
+                    row["psnr"] = round(10 * math.log10(1 / max(mean["mse"], 1e-10)), 3)
+                    row["lpips"] = round(mean["lpips"], 4)
                 if self.step % cfg.validate_every == 0:
                     row["val_loss"] = round(self.validation_loss(), 5)
+                    if self.synthesis is not None:
+                        row.update(self.perceptual_validation())
                 self._log(row)
-                bar.set_postfix(loss=f"{l:.4f}", yhat=f"{b:.4f}")
+                bar.set_postfix(loss=f"{row['loss']:.4f}", yhat=f"{row['yhat_loss']:.4f}",
+                                **({"lpips": f"{row['lpips']:.3f}"} if "lpips" in row else {}))
             if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
                 self.save_checkpoint()
                 if cfg.export:
@@ -264,7 +403,7 @@ class DiffusionTrainer:
                 print(f"\nstopping at step {self.step}: --max-minutes reached", flush=True)
                 break
         bar.close()
+        restore_sigterm(previous_handler, stop_requested, self.step)
         self.save_checkpoint()
         if cfg.export:
             print(f"exported {self.export(cfg.export)}", flush=True)
-

@@ -77,6 +77,27 @@ def atomic_torch_save(state: dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def stop_on_sigterm() -> tuple[list, object]:
+    """Turn SIGTERM into a flag the training loop checks between steps: ``(flag list, previous handler)``.
+
+    A ``kill`` then ends a run at a step boundary with a checkpoint and export, so a long
+    run can be cut short, or re-planned, without losing the steps since the last checkpoint.
+    """
+    stop_requested: list = []
+    try:
+        previous = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
+    except ValueError:  # not the main thread: no handler
+        previous = None
+    return stop_requested, previous
+
+
+def restore_sigterm(previous, stop_requested: list, step: int) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    if stop_requested:
+        print(f"\nstopping at step {step}: SIGTERM", flush=True)
+
+
 def learning_rate(cfg: TrainConfig, step: int, warmup_start: int = 0) -> float:
     """Linear warm-up from ``warmup_start`` (0, or the step a fresh optimizer began), then cosine decay.
 
@@ -236,13 +257,7 @@ class Trainer:
         last_ckpt = time.time()
         bar = tqdm(total=cfg.steps, initial=self.step, mininterval=20, dynamic_ncols=True, desc="train")
         stats = []
-        stop_requested = []
-        # SIGTERM (kill) ends the run at the next step boundary with a checkpoint and export, so a
-        # long run can be cut short, or re-planned, without losing the steps since the last checkpoint.
-        try:
-            previous_handler = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(True))
-        except ValueError:  # not the main thread: no handler
-            previous_handler = None
+        stop_requested, previous_handler = stop_on_sigterm()
         while self.step < cfg.steps and not stop_requested:
             t0 = time.time()
             for group in self.optimizer.param_groups:
@@ -278,10 +293,7 @@ class Trainer:
                 print(f"\nstopping at step {self.step}: --max-minutes reached", flush=True)
                 break
         bar.close()
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-        if stop_requested:
-            print(f"\nstopping at step {self.step}: SIGTERM", flush=True)
+        restore_sigterm(previous_handler, stop_requested, self.step)
         self.save_checkpoint()
         if cfg.export:
             print(f"exported {self.export(cfg.export)}", flush=True)

@@ -1,0 +1,55 @@
+"""Diffusion decoder sweep on Kodak (issue 5): K = 0, 1, 2, 4, 8, both samplers, both starts, ablations.
+
+    python benchmarks/bench_diffusion_sweep.py [--dir ../shared/data/kodak] [--qualities 0,0.15,0.3,0.5] \
+        [--limit N] [--out docs/results/diffusion-sweep]
+
+Every image is encoded once per quality and the same bytes are decoded by every
+variant (see ``ldcodec.eval.diffusion_sweep``). Prints the markdown tables and
+writes ``<out>.csv`` and ``<out>.md``; ``ldcodec eval --report`` includes the
+latter in ``docs/results.md`` when it lies in the results folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+import ldcodec
+from ldcodec.eval.diffusion_sweep import default_variants, markdown_table, run_sweep, write_csv
+from ldcodec.eval.reports import write_atomically
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default="../shared/data/kodak")
+    parser.add_argument("--qualities", default="0,0.15,0.3,0.5")
+    parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="docs/results/diffusion-sweep")
+    args = parser.parse_args()
+    files = sorted(Path(args.dir).glob("*.png"))[: args.limit or None]
+    if not files:
+        raise SystemExit(f"no PNG images in {args.dir}")
+    codec = ldcodec.load()
+    if not codec.has_diffusion_decoder:
+        raise SystemExit(f"model {codec.model_id} has no diffusion decoder")
+    images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    qualities = [float(q) for q in args.qualities.split(",")]
+    rows = run_sweep(codec, images, qualities, default_variants(), seed=args.seed,
+                     log=lambda m: print(m, file=sys.stderr))
+    command = "python benchmarks/bench_diffusion_sweep.py " + " ".join(sys.argv[1:])
+    lines = [f"Model {codec.model_id}, {len(files)} images from `{args.dir}`, seed {args.seed}, "
+             f"precision {codec.precision}. Same streams for every decoder in a table. Regenerate with:", "",
+             "```sh", command.strip(), "```", ""] + markdown_table(rows)
+    out = Path(args.out)
+    write_csv(rows, out.with_suffix(".csv"))
+    write_atomically(out.with_suffix(".md"), "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
