@@ -64,18 +64,16 @@ def decode_variant(codec, blob: bytes, variant: Variant, seed: int = 0) -> np.nd
     tuned = codec._diffusion_synthesis
     if variant.synthesis == "tuned-only" and tuned is None:
         raise ValueError("the diffusion decoder has no fine-tuned synthesis")
-    saved = codec._diffusion_synthesis
     codec._diffusion_synthesis = None if variant.synthesis == "base" else tuned
-    original_diffuse = codec._diffuse
     if variant.synthesis == "tuned-only":  # keep the latents as decoded, use the tuned g_s
-        codec._diffuse = lambda d, y, *args: y
+        codec._diffuse = lambda d, y, *args: y  # an instance attribute shadowing the method
     try:
         steps = variant.steps if variant.synthesis == "base" else 1
         return np.asarray(codec.decode(blob, steps=steps, seed=seed, sampler=variant.sampler,
                                        start=variant.start).convert("RGB"))
     finally:
-        codec._diffusion_synthesis = saved
-        codec._diffuse = original_diffuse
+        codec._diffusion_synthesis = tuned
+        codec.__dict__.pop("_diffuse", None)
 
 
 def run_sweep(codec, images: list[np.ndarray], qualities: list[float], variants: list[Variant], lpips: bool = True,
