@@ -21,6 +21,7 @@ from PIL import Image
 import ldcodec
 from ldcodec.eval.diffusion_sweep import default_variants, markdown_table, run_sweep, write_csv
 from ldcodec.eval.reports import write_atomically
+from ldcodec.eval.runner import DIFFUSION_SWEEP_REPORT
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("--qualities", default="0,0.15,0.3,0.5")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="docs/results/diffusion-sweep")
+    parser.add_argument("--out", default=str(Path("docs/results") / Path(DIFFUSION_SWEEP_REPORT).stem))
     args = parser.parse_args()
     files = sorted(Path(args.dir).glob("*.png"))[: args.limit or None]
     if not files:

@@ -171,14 +171,8 @@ class DiffusionTrainer:
         y_g, y_hat, inverse_gain = self.latents(x, quality)
         clean = self.denoiser.normalise(y_g, inverse_gain)
         cond = self.denoiser.normalise(y_hat, inverse_gain)
-        t_match = self.matched_t(inverse_gain)
-        t = self.sample_timesteps(x.shape[0], t_match, generator)
-        eps = torch.randn(clean.shape, generator=generator).to(self.device)
-        a = self.alphas[t][:, None, None, None]
-        x_t = a.sqrt() * clean + (1 - a).sqrt() * eps
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            pred = self.denoiser(x_t, t, cond, quality)
-        terms = {"loss": F.mse_loss(pred.float(), clean), "yhat_loss": F.mse_loss(cond, clean)}
+        terms = {"loss": self.x0_loss(clean, cond, quality, inverse_gain, generator),
+                 "yhat_loss": F.mse_loss(cond, clean)}
         if self.synthesis is not None:
             steps_choices = self.cfg.perceptual_steps
             pick = int(torch.randint(0, len(steps_choices), (1,), generator=generator))
@@ -189,8 +183,18 @@ class DiffusionTrainer:
                 terms["lpips"] = self.lpips(x_hat * 2 - 1, x * 2 - 1).float().mean()
         return terms
 
+    def x0_loss(self, clean: torch.Tensor, cond: torch.Tensor, quality: torch.Tensor, inverse_gain: torch.Tensor,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """The diffusion objective: noise ``clean`` to a drawn t, predict it back from (x_t, t, ŷ, q)."""
+        t = self.sample_timesteps(clean.shape[0], self.matched_t(inverse_gain), generator)
+        eps = torch.randn(clean.shape, generator=generator).to(self.device)
+        a = self.alphas[t][:, None, None, None]
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            pred = self.denoiser(a.sqrt() * clean + (1 - a).sqrt() * eps, t, cond, quality)
+        return F.mse_loss(pred.float(), clean)
+
     def perceptual_decode(self, cond: torch.Tensor, quality: torch.Tensor, inverse_gain: torch.Tensor, steps: int,
-                          seed: int, synthesis=None) -> torch.Tensor:
+                          seed: int) -> torch.Tensor:
         """What a decode with ``steps`` > 0 produces: sampler (no gradient) -> synthesis (gradient)."""
         was_training = self.denoiser.training
         self.denoiser.eval()
@@ -201,7 +205,7 @@ class DiffusionTrainer:
         ungained = (self.denoiser.denormalise(x0, inverse_gain) * inverse_gain).contiguous(
             memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-            return (synthesis or self.synthesis)(ungained)
+            return self.synthesis(ungained)
 
     @torch.no_grad()
     def measure_latent_scale(self) -> torch.Tensor:
@@ -307,12 +311,7 @@ class DiffusionTrainer:
             y_g, y_hat, inverse_gain = self.latents(x, quality)
             clean = self.denoiser.normalise(y_g, inverse_gain)
             cond = self.denoiser.normalise(y_hat, inverse_gain)
-            t = self.sample_timesteps(images, self.matched_t(inverse_gain), generator)
-            eps = torch.randn(clean.shape, generator=generator).to(self.device)
-            a = self.alphas[t][:, None, None, None]
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                pred = self.denoiser(a.sqrt() * clean + (1 - a).sqrt() * eps, t, cond, quality)
-            losses.append(F.mse_loss(pred.float(), clean).item())
+            losses.append(self.x0_loss(clean, cond, quality, inverse_gain, generator).item())
         self.denoiser.train(was_training)
         return float(np.mean(losses))
 
