@@ -247,6 +247,11 @@ def _init_worker(options: CodecOptions) -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     try:
         _STATE["codec"] = options.load()
+        if options.model is None:  # decode: each stream with the installed model it names
+            from ldcodec.codec.stream_models import StreamCodecs
+
+            _STATE["streams"] = StreamCodecs(lambda named: CodecOptions(**{**options.__dict__, "model": named}).load(),
+                                             loaded={_STATE["codec"].model_id: _STATE["codec"]})
     except LdcodecError as exc:
         _STATE["error"] = f"cannot load the model: {exc}"
     except Exception as exc:  # noqa: BLE001 - reported as one line by the parent
@@ -272,6 +277,8 @@ def _decode_one(codec, item: BatchItem, params: dict) -> dict:
     from ldcodec.cli.files import image_bytes, read_input_bytes, write_output
 
     blob = read_input_bytes(str(item.source))
+    if "streams" in _STATE:
+        codec = _STATE["streams"].for_stream(blob)
     image = codec.decode(blob, steps=params.get("steps", 0), seed=params.get("seed", 0),
                          sampler=params.get("sampler", "dpmpp"), start=params.get("start", "matched"))
     data = image_bytes(image, str(item.target))

@@ -28,6 +28,19 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_checkerboard_weights(tmp_path_factory) -> Path:
+    """A tiny two-pass (checkerboard) model whose context is not a no-op (random last layer)."""
+    from ldcodec.codec.model import HyperpriorModel, ModelConfig
+    from ldcodec.codec.weights import export_weights
+
+    torch.manual_seed(1)
+    model = HyperpriorModel(ModelConfig(channels=16, latent_channels=24, gain_levels=4, context="checkerboard"))
+    torch.nn.init.normal_(model.context_model.refine[-1].weight, std=0.2)
+    path = tmp_path_factory.mktemp("weights") / "tiny-checkerboard.safetensors"
+    return export_weights(model, path, model_id="tiny-checkerboard")
+
+
+@pytest.fixture(scope="session")
 def tiny_codec(tiny_weights):
     import ldcodec
 

@@ -307,6 +307,33 @@ def test_smoke_training_learns_resumes_and_exports(tmp_path):
     assert codec._denoiser is not None and torch.equal(codec._denoiser.latent_scale, trainer.denoiser.latent_scale)
 
 
+def test_training_starts_from_the_diffusion_weights_of_another_base(tmp_path):
+    """A new base version (here: with a checkerboard context) starts from the old decoder and binds the
+    result to itself; a decoder refuses the old file for the new base."""
+    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+
+    images = _image_folder(tmp_path)
+    old_base = tiny_base(tmp_path, "old")
+    old_file = tmp_path / "old-decoder.safetensors"
+    export_denoiser(random_denoiser(3), old_file, load_weights(old_base).sha256, "old")
+    torch.manual_seed(4)
+    new_model = HyperpriorModel(ModelConfig(channels=16, latent_channels=LATENT, gain_levels=4, context="checkerboard"))
+    new_base = export_weights(new_model, tmp_path / "new.safetensors", model_id="new")
+    with pytest.raises(DiffusionWeightsError, match="trained on base weights"):
+        ldcodec.load(new_base, diffusion=old_file).decode(
+            ldcodec.load(new_base).encode(synthetic_image(40, 56), quality=0.5), steps=1)
+    cfg = DiffusionTrainConfig(data=str(images), base=str(new_base), run="n", steps=2, batch=2, crop=64, warmup=1,
+                               threads=1, precision="fp32", checkpoint_dir=str(tmp_path / "ckpt"), scale_batches=1,
+                               export=str(diffusion_path_for(new_base)), denoiser=TINY_DENOISER,
+                               perceptual_weight=0.0, init_from=str(old_file))
+    trainer = DiffusionTrainer(cfg)
+    for k, v in random_denoiser(3).state_dict().items():
+        assert torch.equal(trainer.denoiser.state_dict()[k], v.half().float())  # the old file's (fp16) weights
+    trainer.run()
+    codec = ldcodec.load(new_base)
+    assert codec.decode(codec.encode(synthetic_image(40, 56), quality=0.5), steps=1).size == (56, 40)
+
+
 def _fake_lpips_file(folder):
     from safetensors.torch import save_file
 

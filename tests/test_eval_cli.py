@@ -156,3 +156,28 @@ def test_reuse_measures_everything_when_library_versions_differ(image_dir, tmp_p
     assert result.exit_code == 0, result.output
     assert "library versions differ" in result.output
     assert all(r["psnr"] != "99.0" for r in _rows(second / "results.csv"))
+
+
+def test_compare_model_adds_a_curve_and_a_bd_rate_anchor(image_dir, tmp_path, tiny_weights,
+                                                         tiny_checkerboard_weights, monkeypatch):
+    """Two installed models measured in one run; the default model is stood in for by the tiny one."""
+    import ldcodec
+    from ldcodec.codec import image_codec
+    from ldcodec.eval import baselines
+
+    monkeypatch.setattr(ldcodec, "load", lambda model=None, **kw: image_codec.load(
+        tiny_weights if model is None else model, **kw))
+    baselines._ldcodec_model.cache_clear()
+    out = tmp_path / "out"
+    try:
+        result = _run(image_dir, "--codecs", "ldcodec,jpeg", "--points", "3", "--no-lpips", "--out", out,
+                      "--compare-model", tiny_checkerboard_weights, "--compare-model", "no-such-model")
+    finally:
+        baselines._ldcodec_model.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert "skipping ldcodec-no-such-model" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["codecs"]) == {"ldcodec", "jpeg", "ldcodec-tiny-checkerboard"}
+    with open(out / "bd_rate.csv", newline="") as handle:
+        pairs = {(r["codec"], r["anchor"]) for r in csv.DictReader(handle) if r["metric"] == "psnr"}
+    assert ("ldcodec", "ldcodec-tiny-checkerboard") in pairs and ("ldcodec", "jpeg") in pairs

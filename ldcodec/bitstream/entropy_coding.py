@@ -130,22 +130,55 @@ def _groups(scale_indexes: np.ndarray):
 
 def encode_latents(symbols: np.ndarray, scale_indexes: np.ndarray) -> bytes:
     """``symbols``: ints in [Y_SYMBOL_MIN, Y_SYMBOL_MAX], same shape as ``scale_indexes``."""
-    flat = np.ascontiguousarray(symbols.ravel(), dtype=np.int32)
+    return encode_latent_passes([(symbols, scale_indexes)])
+
+
+def encode_latent_passes(passes: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+    """Several (symbols, scale indexes) passes, one after the other, in one range-coded section.
+
+    A two-pass (checkerboard) model needs the first pass decoded before it knows the
+    second pass's scales; :class:`LatentSectionDecoder` reads the passes in this order.
+    """
     encoder = RangeEncoder()
-    for positions, model in _groups(scale_indexes):
-        encoder.encode(flat[positions], model)
+    for symbols, scale_indexes in passes:
+        flat = np.ascontiguousarray(symbols.ravel(), dtype=np.int32)
+        for positions, model in _groups(scale_indexes):
+            encoder.encode(flat[positions], model)
     return _to_bytes(encoder)
 
 
+class LatentSectionDecoder:
+    """Reads the passes of a latent section in order; ``finish`` checks it was used up exactly.
+
+    Before each pass, the section must be long enough for all symbols declared so far
+    (the plausibility check above), so a short section is refused before any pass runs
+    past its end.
+    """
+
+    def __init__(self, data: bytes):
+        self._data = data
+        self._decoder = _decoder(data, "latent")
+        self._min_bits = 0.0
+
+    def decode(self, scale_indexes: np.ndarray) -> np.ndarray:
+        counts = np.bincount(scale_indexes.ravel(), minlength=len(SCALE_TABLE))
+        self._min_bits += float(counts @ _LATENT_MIN_BITS)
+        _check_room(self._data, self._min_bits, "latent")
+        out = np.empty(scale_indexes.size, dtype=np.int32)
+        try:
+            for positions, model in _groups(scale_indexes):
+                out[positions] = self._decoder.decode(model, len(positions))
+        except Exception as exc:
+            raise BitstreamError(f"corrupt stream: latents do not decode ({exc})") from None
+        return out.reshape(scale_indexes.shape)
+
+    def finish(self) -> None:
+        _check_consumed(self._decoder, "latent")
+
+
 def decode_latents(data: bytes, scale_indexes: np.ndarray) -> np.ndarray:
-    decoder = _decoder(data, "latent")
-    counts = np.bincount(scale_indexes.ravel(), minlength=len(SCALE_TABLE))
-    _check_room(data, float(counts @ _LATENT_MIN_BITS), "latent")
-    out = np.empty(scale_indexes.size, dtype=np.int32)
-    try:
-        for positions, model in _groups(scale_indexes):
-            out[positions] = decoder.decode(model, len(positions))
-    except Exception as exc:
-        raise BitstreamError(f"corrupt stream: latents do not decode ({exc})") from None
-    _check_consumed(decoder, "latent")
-    return out.reshape(scale_indexes.shape)
+    """The inverse of :func:`encode_latents` (one pass)."""
+    decoder = LatentSectionDecoder(data)
+    out = decoder.decode(scale_indexes)
+    decoder.finish()
+    return out

@@ -46,6 +46,8 @@ def _steps_list(ctx, param, value: str) -> tuple[int, ...]:
 @click.option("--jpeg-444", "jpeg_444", is_flag=True, help="Also run JPEG with 4:4:4 chroma (curve 'jpeg444').")
 @click.option("--steps", default="0", show_default=True, callback=_steps_list,
               help="ldcodec diffusion step counts, one curve each, e.g. 0,4.")
+@click.option("--compare-model", "compare_models", multiple=True, metavar="ID",
+              help="Also measure this installed model at steps 0 (curve ldcodec-ID, a BD-rate anchor); repeatable.")
 @click.option("--no-lpips", is_flag=True, help="Skip LPIPS (no AlexNet, no weight provisioning).")
 @click.option("--limit", default=None, type=click.IntRange(1), help="Use only the first N images (by name).")
 @click.option("--crop-bpp", default=0.15, show_default=True, type=click.FloatRange(min=0, min_open=True),
@@ -57,8 +59,8 @@ def _steps_list(ctx, param, value: str) -> tuple[int, ...]:
                    "library versions match (ldcodec is always measured).")
 @click.option("--report", default=None, type=click.Path(dir_okay=False, path_type=Path),
               help="Markdown report path [OUT/results.md]; image links are relative to it.")
-def eval_command(directory, codecs, points, out, jobs, anchors, jpeg_444, steps, no_lpips, limit, crop_bpp, held_out,
-                 reuse, report):
+def eval_command(directory, codecs, points, out, jobs, anchors, jpeg_444, steps, compare_models, no_lpips, limit,
+                 crop_bpp, held_out, reuse, report):
     """Rate–distortion evaluation of ldcodec and classical codecs on the images in DIR.
 
     Writes OUT/results.csv (per image), summary.json (means per setting),
@@ -74,7 +76,8 @@ def eval_command(directory, codecs, points, out, jobs, anchors, jpeg_444, steps,
     except EvalInputError as exc:
         raise click.BadParameter(str(exc), param_hint="DIR") from None
     config = EvalConfig(image_dir=directory, out=out, codecs=codecs, points=points, jobs=jobs, anchors=anchors,
-                        jpeg_444=jpeg_444, steps=steps, lpips=not no_lpips, limit=limit, held_out=held_out,
+                        jpeg_444=jpeg_444, steps=steps, compare_models=tuple(compare_models), lpips=not no_lpips,
+                        limit=limit, held_out=held_out,
                         crop_bpp=crop_bpp, reuse=reuse,
                         report=report, command="ldcodec " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     try:

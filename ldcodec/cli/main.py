@@ -206,7 +206,12 @@ def decode_command(inputs, output_path, fmt, steps, seed, sampler, start, precis
     input_path = inputs[0]
     check_distinct(input_path, output_path)
     blob = read_input_bytes(input_path)
-    codec = _codec(model, threads, max_pixels, precision, device)
+    if model is None:  # the installed model the stream names (older streams keep decoding)
+        from ldcodec.codec.stream_models import StreamCodecs
+
+        codec = StreamCodecs(lambda named: _codec(named, threads, max_pixels, precision, device)).for_stream(blob)
+    else:
+        codec = _codec(model, threads, max_pixels, precision, device)
     began = time.perf_counter()
     image = codec.decode(blob, steps=steps, seed=seed, sampler=sampler, start=start)
     elapsed = time.perf_counter() - began

@@ -149,7 +149,8 @@ def get_command(store_path, index, output_path, model):
 
     with KeyframeStore(store_path, "r") as store:
         store.frame_info(index)  # a bad index or a corrupt record fails before the weights load
-        store.codec = _load_codec(model)
+        if model:  # else the installed model the frame's stream names
+            store.codec = _load_codec(model)
         frame = store[index]
         kind = store.frame_info(index).kind
     write_output(output_path, _frame_bytes(frame, kind, output_path, index))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import click
 
+from ldcodec.codec.checkerboard import CONTEXT_MODES
 from ldcodec.codec.model import ModelConfig
 from ldcodec.codec.precision import PRECISIONS
 
 
 @click.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--run", default="hp-v1", show_default=True, help="Run name: checkpoint folder and model id.")
+@click.option("--run", default="hp-v2", show_default=True, help="Run name: checkpoint folder and model id.")
 @click.option("--steps", default=6000, show_default=True, help="Total optimizer steps (the lr schedule is laid over these).")
 @click.option("--batch", default=16, show_default=True)
 @click.option("--crop", default=128, show_default=True, help="Random crop size in pixels.")
@@ -18,6 +19,8 @@ from ldcodec.codec.precision import PRECISIONS
 @click.option("--decay-fraction", default=0.3, show_default=True, help="Final fraction of steps with cosine lr decay.")
 @click.option("--channels", default=96, show_default=True, help="N: transform width.")
 @click.option("--latent-channels", default=128, show_default=True, help="M: latent channels.")
+@click.option("--context", type=click.Choice(CONTEXT_MODES), default="checkerboard", show_default=True,
+              help="Spatial context of the latents' entropy model (checkerboard: two parallel passes).")
 @click.option("--lambda-min", default=0.0008, show_default=True, help="λ at quality 0.")
 @click.option("--lambda-max", default=0.06, show_default=True, help="λ at quality 1.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
@@ -28,18 +31,18 @@ from ldcodec.codec.precision import PRECISIONS
 @click.option("--max-minutes", default=0.0, help="Stop (checkpointed) after this many minutes; 0 = no limit.")
 @click.option("--export", "export_path", default="", help="Write safetensors weights here at every checkpoint and at the end.")
 @click.option("--init-from", default="", help="Weights file to start from when the run has no checkpoint "
-              "(e.g. the committed ldcodec/weights/hp-v1.safetensors).")
+              "(e.g. the committed ldcodec/weights/hp-v2.safetensors).")
 @click.option("--rewarm", is_flag=True, help="Restart the lr warm-up at the resumed step (a new schedule over a "
               "run whose lr had already decayed).")
 @click.option("--seed", default=0, show_default=True)
-def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, latent_channels, lambda_min,
+def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, latent_channels, context, lambda_min,
                   lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, init_from, rewarm, seed):
     """Train a variable-rate model on the images in DATA (resumes from the run's checkpoint).
 
     A held-out split (about 1 image in 20, chosen by a hash of its path) is never
     trained on; it is used for validation. Example:
 
-        ldcodec train ../shared/data/train --run hp-v1 --steps 6000 --export ldcodec/weights/hp-v1.safetensors
+        ldcodec train ../shared/data/train --run hp-v2 --steps 6000 --export ldcodec/weights/hp-v2.safetensors
     """
     from ldcodec.train.trainer import DEFAULT_CHECKPOINT_DIR, TrainConfig, Trainer
 
@@ -48,7 +51,7 @@ def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, l
         device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), max_minutes=max_minutes,
         export=export_path, init_from=init_from, rewarm=rewarm, seed=seed,
-        model=ModelConfig(channels=channels, latent_channels=latent_channels,
+        model=ModelConfig(channels=channels, latent_channels=latent_channels, context=context,
                           lambda_min=lambda_min, lambda_max=lambda_max),
     )
     Trainer(cfg).run()

@@ -97,10 +97,12 @@ def read_metadata(path: str | Path) -> dict:
         raise DiffusionWeightsError(f"diffusion weights {path}: unreadable ({exc})") from None
 
 
-def load_denoiser(path: str | Path, base_sha256: bytes, latent_channels: int,
+def load_denoiser(path: str | Path, base_sha256: bytes | None, latent_channels: int,
                   base_synthesis: nn.Module | None = None) -> LoadedDenoiser:
     """Load the denoiser in ``path``, refusing one trained on other base weights.
 
+    ``base_sha256`` None accepts any base with the same latent shape: only for a
+    starting point of training (a decoder never decodes with such weights).
     ``base_synthesis``: the base model's g_s, the template of the fine-tuned synthesis
     the file may hold (without it, such a synthesis is not loaded).
     """
@@ -108,7 +110,7 @@ def load_denoiser(path: str | Path, base_sha256: bytes, latent_channels: int,
     metadata = read_metadata(path)
     if metadata.get("format") != FORMAT:
         raise DiffusionWeightsError(f"{path} is not a diffusion weights file")
-    if metadata.get("base_sha256") != base_sha256.hex():
+    if base_sha256 is not None and metadata.get("base_sha256") != base_sha256.hex():
         raise DiffusionWeightsError(
             f"diffusion weights {path.name} were trained on base weights {metadata.get('base_sha256', '?')[:16]}, "
             f"not on these ({base_sha256.hex()[:16]})")

@@ -90,13 +90,33 @@ def snap_scales(scales: np.ndarray) -> np.ndarray:
     return np.clip(idx, 0, SCALE_LEVELS - 1).astype(np.int64)
 
 
-def gaussian_parameters(hyper_synthesis: nn.Module, z_hat: np.ndarray) -> GaussianParameters:
-    """(means, scale indexes) for integer hyper-latents ``z_hat`` of shape (C, h, w).
+def hyper_parameters(hyper_synthesis: nn.Module, z_hat: np.ndarray) -> torch.Tensor:
+    """h_s(ẑ) on the fixed path, unsnapped: (1, 2C, H, W) float32 (scales, then means).
 
     ``hyper_synthesis`` must be a float32, contiguous (NCHW) CPU module.
     """
     z = torch.from_numpy(np.ascontiguousarray(z_hat, dtype=np.float32))[None]
     with torch.inference_mode(), fixed_cpu_path():
-        params = hyper_synthesis(z)[0]
-    scales, means = params.chunk(2, 0)
+        return hyper_synthesis(z)
+
+
+def context_parameters(context_model: nn.Module, hyper_params: torch.Tensor, anchors: np.ndarray) -> torch.Tensor:
+    """The checkerboard context's refined parameters on the fixed path, unsnapped.
+
+    ``anchors``: decoded ŷ at the anchor positions, 0 elsewhere, (C, H, W). Its values
+    are integers plus multiples of 1/64, so exact in float32 on both sides.
+    """
+    y = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))[None]
+    with torch.inference_mode(), fixed_cpu_path():
+        return context_model(hyper_params, y)
+
+
+def snap_parameters(params: torch.Tensor) -> GaussianParameters:
+    """(1, 2C, H, W) raw (scales, means) -> the snapped parameters the coder uses."""
+    scales, means = params[0].chunk(2, 0)
     return GaussianParameters(means=snap_means(means.numpy()), scale_indexes=snap_scales(scales.numpy()))
+
+
+def gaussian_parameters(hyper_synthesis: nn.Module, z_hat: np.ndarray) -> GaussianParameters:
+    """Snapped (means, scale indexes) from integer hyper-latents ``z_hat`` of shape (C, h, w) alone."""
+    return snap_parameters(hyper_parameters(hyper_synthesis, z_hat))

@@ -7,7 +7,6 @@ bf16 or on a GPU; the entropy parameters never do (see entropy_parameters).
 
 from __future__ import annotations
 
-import copy
 import math
 import warnings
 from dataclasses import dataclass
@@ -19,19 +18,15 @@ from PIL import Image
 
 from ldcodec.bitstream import container
 from ldcodec.bitstream.container import ColorMode, Header, SectionTag, Stream
-from ldcodec.bitstream.entropy_coding import (
-    decode_hyper_latents,
-    decode_latents,
-    encode_hyper_latents,
-    encode_latents,
-)
+from ldcodec.bitstream.entropy_coding import decode_hyper_latents, encode_hyper_latents
 from ldcodec.codec.diffusion_weights import diffusion_path_for
-from ldcodec.codec.entropy_parameters import Y_SYMBOL_MAX, Y_SYMBOL_MIN, Z_RADIUS, gaussian_parameters
+from ldcodec.codec.entropy_parameters import Z_RADIUS
+from ldcodec.codec.latent_coding import LatentCoder
 from ldcodec.codec.tiling import DEFAULT_TILE, analyse_tiled, synthesise_tiled
 from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
 from ldcodec.codec.precision import resolve_precision
-from ldcodec.codec.transforms import HYPER_STRIDE
-from ldcodec.codec.weights import DEFAULT_MODEL_ID, LoadedWeights, load_weights
+from ldcodec.codec.transforms import HYPER_STRIDE, LATENT_STRIDE
+from ldcodec.codec.weights import LoadedWeights, load_weights
 from ldcodec.errors import BitstreamError, InputImageError, LdcodecError, ModelMismatchError, NoDiffusionDecoderError
 
 
@@ -98,8 +93,8 @@ class ImageCodec:
         self.device = torch.device(device)
         self.precision = resolve_precision(precision, self.device)
         self.max_pixels = max_pixels
-        # The entropy-parameter path keeps its own float32, contiguous CPU copy.
-        self._hyper_synthesis = copy.deepcopy(weights.model.h_s).cpu().float().eval()
+        # The entropy-parameter path keeps its own float32, contiguous CPU copies.
+        self._latent_coder = LatentCoder(weights.model)
         self.model = weights.model.to(self.device).eval()
         # The image transforms run channels_last: oneDNN's fastest CPU kernels, and the
         # ones whose results do not depend on the thread count (docs/robustness.md).
@@ -164,11 +159,9 @@ class ImageCodec:
             with self._autocast():
                 z = self.model.h_a(y_g)
         z_sym = torch.clamp(torch.round(z.float()), -Z_RADIUS, Z_RADIUS)[0].cpu().numpy().astype(np.int32)
-        params = gaussian_parameters(self._hyper_synthesis, z_sym)
         y_np = y_g[0].float().cpu().numpy().astype(np.float64)
-        symbols = np.clip(np.round(y_np - params.means), Y_SYMBOL_MIN, Y_SYMBOL_MAX).astype(np.int32)
         return (encode_hyper_latents(z_sym + Z_RADIUS, self._prior_table),
-                encode_latents(symbols, params.scale_indexes))
+                self._latent_coder.encode(y_np, z_sym))
 
     def _assemble(self, prepared, quality_code: int, z_bytes: bytes, y_bytes: bytes) -> bytes:
         header = Header(model_id=self.model_id, weights_hash=self.weights.sha256[: container.HASH_BYTES],
@@ -244,9 +237,8 @@ class ImageCodec:
         ph, pw = -(-h.height // HYPER_STRIDE), -(-h.width // HYPER_STRIDE)
         z_sym = decode_hyper_latents(stream.sections[SectionTag.HYPER_LATENTS], self._prior_table,
                                      (self._hyper_channels, ph, pw)) - Z_RADIUS
-        params = gaussian_parameters(self._hyper_synthesis, z_sym)
-        symbols = decode_latents(stream.sections[SectionTag.LATENTS], params.scale_indexes)
-        return stream, symbols + params.means
+        shape = (self._latent_channels, ph * (HYPER_STRIDE // LATENT_STRIDE), pw * (HYPER_STRIDE // LATENT_STRIDE))
+        return stream, self._latent_coder.decode(stream.sections[SectionTag.LATENTS], z_sym, shape)
 
     def decode(self, blob: bytes, steps: int = 0, seed: int = 0, sampler: str = "dpmpp",
                start: str = "matched") -> Image.Image:
@@ -289,7 +281,7 @@ class ImageCodec:
             return denoiser.denormalise(x, inverse_gain).contiguous()
 
 
-def load(model: str | Path = DEFAULT_MODEL_ID, device: str = "cpu", precision: str = "auto",
+def load(model: str | Path | None = None, device: str = "cpu", precision: str = "auto",
          max_pixels: int = container.DEFAULT_MAX_PIXELS, tile: int = DEFAULT_TILE,
          diffusion: str | Path | None = None) -> ImageCodec:
     """The codec with the shipped weights (no network). ``model`` is an id or a .safetensors path.

@@ -14,6 +14,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
+from ldcodec.codec.checkerboard import CONTEXT_MODES, CheckerboardContext, anchor_mask
 from ldcodec.codec.gain import GainUnit
 from ldcodec.codec.transforms import (
     analysis_transform,
@@ -36,13 +37,20 @@ class ModelConfig:
     #: λ at quality 0 and quality 1 (MSE on 8-bit scale: loss = λ·255²·MSE + bpp).
     lambda_min: float = 0.0004
     lambda_max: float = 0.09
+    #: Spatial context of the latents' entropy model: "none" (hyperprior only) or
+    #: "checkerboard" (see :mod:`ldcodec.codec.checkerboard`). Older weights files lack it: "none".
+    context: str = "none"
+
+    def __post_init__(self):
+        if self.context not in CONTEXT_MODES:
+            raise ValueError(f"context must be one of {', '.join(CONTEXT_MODES)}, not {self.context!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def shape(self) -> tuple[int, int, int]:
-        """The fields that fix the tensors' shapes (the λ range only shapes the training loss)."""
-        return (self.channels, self.latent_channels, self.gain_levels)
+    def shape(self) -> tuple:
+        """The fields that fix the tensors (the λ range only shapes the training loss)."""
+        return (self.channels, self.latent_channels, self.gain_levels, self.context)
 
     def rate_lambda(self, quality: torch.Tensor) -> torch.Tensor:
         """λ for each quality: log-linear between ``lambda_min`` and ``lambda_max``."""
@@ -76,6 +84,7 @@ class HyperpriorModel(nn.Module):
         self.gain = GainUnit(m, levels=self.config.gain_levels)
         self.entropy_bottleneck = EntropyBottleneck(n)
         self.gaussian_conditional = GaussianConditional(None, scale_bound=SCALE_LOWER_BOUND)
+        self.context_model = CheckerboardContext(m) if self.config.context == "checkerboard" else None
 
     # Pieces used by both training and inference -------------------------------------
     def analyse(self, x: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,6 +99,23 @@ class HyperpriorModel(nn.Module):
         y_hat = y_hat_g * self.gain.inverse_gain(quality).to(y_hat_g.dtype)
         return self.g_s(y_hat)
 
+    def latent_parameters(self, y_g: torch.Tensor, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scales, means) of the gained latents given hyper-latents: the training-path view.
+
+        With a checkerboard context the non-anchors' parameters also see the anchors,
+        rounded around their hyperprior means as the coder does (straight-through).
+        The coder itself uses the fixed path of :mod:`ldcodec.codec.latent_coding`.
+        """
+        params = self.h_s(z_hat).float()
+        if self.context_model is not None:
+            mask = anchor_mask(*y_g.shape[2:], device=y_g.device)
+            means = params.chunk(2, 1)[1]
+            anchors = (ste_round(y_g - means) + means) * mask
+            refined = self.context_model(params, anchors).float()
+            params = params * mask + refined * (1.0 - mask)
+        scales, means = params.chunk(2, 1)
+        return scales, means
+
     # Training ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor, quality: torch.Tensor) -> TrainingOutput:
         """Training pass: noisy latents for the rate, rounded (STE) latents for the image."""
@@ -98,8 +124,11 @@ class HyperpriorModel(nn.Module):
         z = z.float()
         # Rate terms in float32 even under autocast: bf16 likelihoods are too coarse.
         with torch.autocast(device_type=x.device.type, enabled=False):
-            z_tilde, z_likelihoods = self.entropy_bottleneck(z)
-        scales, means = self.h_s(z_tilde).float().chunk(2, 1)
+            _, z_likelihoods = self.entropy_bottleneck(z)
+        # h_s sees ẑ rounded to integers, as the coder does (straight-through); noisy z is only
+        # for z's own rate. A context trained on noisy z mispredicted rounded z badly on flat
+        # images (5x the bits at quality 0; docs/training.md, hp-v2).
+        scales, means = self.latent_parameters(y_g, ste_round(z))
         with torch.autocast(device_type=x.device.type, enabled=False):
             _, y_likelihoods = self.gaussian_conditional(y_g, scales, means=means)
         y_hat_g = ste_round(y_g - means) + means

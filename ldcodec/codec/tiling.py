@@ -88,8 +88,9 @@ def analyse_tiled(analyse: Callable[[torch.Tensor], torch.Tensor], rgb: np.ndarr
     result: torch.Tensor | None = None
     for t in latent_tiles(height, width, tile, margin):
         region = rgb[t.ctx_top * s : t.ctx_bottom * s, t.ctx_left * s : t.ctx_right * s]
-        # H×W×3 uint8 viewed as 1×3×H×W is already channels_last.
-        x = torch.from_numpy(np.ascontiguousarray(region)).permute(2, 0, 1)[None].float().div_(255.0).to(device)
+        # H×W×3 uint8 viewed as 1×3×H×W is already channels_last (torch wants writable memory).
+        region = np.ascontiguousarray(region) if region.flags.writeable else np.array(region, order="C")
+        x = torch.from_numpy(region).permute(2, 0, 1)[None].float().div_(255.0).to(device)
         piece = analyse(x).float()
         if result is None:
             result = torch.empty((1, piece.shape[1], height, width), dtype=torch.float32, device=piece.device)

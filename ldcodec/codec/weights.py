@@ -24,7 +24,7 @@ from ldcodec.codec.model import HyperpriorModel, ModelConfig
 from ldcodec.errors import ModelMismatchError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODEL_ID = "hp-v1"
+DEFAULT_MODEL_ID = "hp-v2"
 PRIOR_TABLE_KEY = "hyper_prior_table"
 # CompressAI's coder-table buffers: rebuilt or unused, never shipped.
 _SKIPPED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")
@@ -80,8 +80,13 @@ def save_safetensors_atomically(tensors: dict, path: Path, metadata: dict) -> Pa
             os.unlink(tmp)
     return path
 
-def weights_path(model_id: str = DEFAULT_MODEL_ID) -> Path:
-    return WEIGHTS_DIR / f"{model_id}.safetensors"
+def default_model_id() -> str:
+    """The model ``load()`` uses when none is named (read at call time: tests may change it)."""
+    return DEFAULT_MODEL_ID
+
+
+def weights_path(model_id: str | None = None) -> Path:
+    return WEIGHTS_DIR / f"{model_id or default_model_id()}.safetensors"
 
 
 def available_models() -> list[str]:
@@ -93,8 +98,9 @@ def file_sha256(path: Path) -> bytes:
     return hashlib.sha256(path.read_bytes()).digest()
 
 
-def load_weights(path_or_id: str | Path = DEFAULT_MODEL_ID) -> LoadedWeights:
-    """Load a weights file by model id (shipped) or by path."""
+def load_weights(path_or_id: str | Path | None = None) -> LoadedWeights:
+    """Load a weights file by model id (shipped; None: the default model) or by path."""
+    path_or_id = path_or_id or default_model_id()
     path = Path(path_or_id)
     if not path.suffix == ".safetensors":
         path = weights_path(str(path_or_id))

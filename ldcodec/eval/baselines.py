@@ -223,32 +223,43 @@ class BpgCodec:
                 return _to_rgb_array(image)
 
 
-@lru_cache(maxsize=1)
-def _shipped_ldcodec():
-    """ldcodec's shipped model, loaded once per process and shared by every step count."""
+@lru_cache(maxsize=4)
+def _ldcodec_model(model: str | None = None):
+    """An ldcodec model (None: the default one), loaded once per process and shared by every step count."""
     import ldcodec
 
     if not hasattr(ldcodec, "load"):
         raise CodecUnavailableError("ldcodec.load() is not available in this installation")
     try:
-        return ldcodec.load()
+        return ldcodec.load() if model is None else ldcodec.load(model)
     except LdcodecError as exc:
         raise CodecUnavailableError(f"cannot load the model: {exc}") from exc
+
+
+def model_curve_name(model: str | None) -> str:
+    """``ldcodec`` for the default model, ``ldcodec-<id>`` for another (a weights path gives its stem)."""
+    if model is None:
+        return "ldcodec"
+    return f"ldcodec-{Path(model).stem if str(model).endswith('.safetensors') else model}"
 
 
 class LdcodecCodec:
     """Adapter for ldcodec itself: sweeps ``quality`` at a fixed number of diffusion steps.
 
     One instance per ``steps`` value, so each step count is its own RD curve
-    (``ldcodec`` for steps 0, ``ldcodec-steps4`` for 4). The model is loaded
-    lazily, once per process for all step counts, and never pickled.
+    (``ldcodec`` for steps 0, ``ldcodec-steps4`` for 4). ``model`` names another
+    installed model than the default, for a model-against-model comparison: its
+    curve is ``ldcodec-<model>``. The model is loaded lazily, once per process for
+    all step counts, and never pickled.
     """
 
     quality_range = (0.0, 1.0)
 
-    def __init__(self, steps: int = 0):
+    def __init__(self, steps: int = 0, model: str | None = None):
         self.steps = steps
-        self.name = "ldcodec" if steps == 0 else f"ldcodec-steps{steps}"
+        self.model = model
+        base = model_curve_name(model)
+        self.name = base if steps == 0 else f"{base}-steps{steps}"
         self._codec = None
 
     def __getstate__(self):
@@ -257,9 +268,9 @@ class LdcodecCodec:
     @property
     def codec(self):
         if self._codec is None:
-            self._codec = _shipped_ldcodec()
+            self._codec = _ldcodec_model(self.model)
             if self.steps and not getattr(self._codec, "has_diffusion_decoder", True):
-                raise CodecUnavailableError(f"the shipped model has no diffusion decoder (steps={self.steps})")
+                raise CodecUnavailableError(f"the model has no diffusion decoder (steps={self.steps})")
         return self._codec
 
     def settings(self, points: int) -> list[dict]:
@@ -319,13 +330,22 @@ def make_codec(name: str, jpeg_444: bool = False, steps: int = 0):
     raise CodecUnavailableError(f"unknown codec {name!r} (known: {', '.join(CODEC_NAMES)})")
 
 
-def make_codecs(names: list[str], jpeg_444: bool = False, steps: tuple[int, ...] = (0,)) -> tuple[list, list[str]]:
+def make_codecs(names: list[str], jpeg_444: bool = False, steps: tuple[int, ...] = (0,),
+                compare_models: tuple[str, ...] = ()) -> tuple[list, list[str]]:
     """The runnable codecs among ``names`` and one message per codec skipped.
 
     ``jpeg_444`` adds a ``jpeg444`` curve beside ``jpeg``; ``steps`` gives one
-    ldcodec curve per diffusion step count.
+    ldcodec curve per diffusion step count; ``compare_models`` one steps-0 curve per
+    other installed model (``ldcodec-<model>``).
     """
     codecs, skipped = [], []
+    for model in compare_models:
+        other = LdcodecCodec(steps=0, model=model)
+        try:
+            other.codec  # load now: a model that is not installed is reported before the sweep
+            codecs.append(other)
+        except CodecUnavailableError as exc:
+            skipped.append(f"{other.name}: {exc}")
     for name in names:
         variants = [{"steps": k} for k in steps] if name == "ldcodec" else [{}]
         for variant in variants:

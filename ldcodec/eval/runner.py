@@ -24,7 +24,7 @@ from PIL import Image
 
 from ldcodec.errors import LdcodecError
 from ldcodec.eval import reports
-from ldcodec.eval.baselines import CODEC_NAMES, LdcodecCodec, make_codecs
+from ldcodec.eval.baselines import CODEC_NAMES, LdcodecCodec, make_codecs, model_curve_name
 from ldcodec.eval.markdown_report import write_markdown_report
 from ldcodec.eval.crops import ClosestToTarget, save_side_by_side
 from ldcodec.eval.metrics import bpp, ms_ssim, psnr
@@ -62,6 +62,9 @@ class EvalConfig:
     held_out: bool = False
     crop_bpp: float = 0.15
     crop_size: int = 256
+    #: Other installed models to measure beside the default one (curves ``ldcodec-<model>``, steps 0),
+    #: also used as BD-rate anchors.
+    compare_models: tuple[str, ...] = ()
     #: Earlier output folder whose classical-codec rows may be reused (:mod:`ldcodec.eval.reuse`).
     reuse: Path | None = None
     #: Markdown report path (default OUT/results.md) and the command line quoted in it.
@@ -194,7 +197,8 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = lambda m: pr
     from tqdm import tqdm
 
     images = find_images(config.image_dir, config.limit, config.held_out)
-    codecs, skipped = make_codecs(list(config.codecs), jpeg_444=config.jpeg_444, steps=config.steps)
+    codecs, skipped = make_codecs(list(config.codecs), jpeg_444=config.jpeg_444, steps=config.steps,
+                                  compare_models=config.compare_models)
     for message in skipped:
         log(f"skipping {message}")
     if not codecs:
@@ -253,7 +257,8 @@ def run_evaluation(config: EvalConfig, log: Callable[[str], None] = lambda m: pr
     reports.write_summary_json(out / "summary.json", outputs.summary, info)
     outputs.files += [out / "results.csv", out / "summary.json"]
 
-    outputs.bd_rates = reports.bd_rate_table(outputs.summary)
+    outputs.bd_rates = reports.bd_rate_table(
+        outputs.summary, reports.BD_RATE_ANCHORS + tuple(model_curve_name(m) for m in config.compare_models))
     reports.write_bd_rate_csv(out / "bd_rate.csv", outputs.bd_rates)
     outputs.files.append(out / "bd_rate.csv")
 

@@ -177,6 +177,8 @@ class KeyframeStore:
         self.mode = mode
         self.quality = float(quality)
         self._codec = codec
+        self._codec_given = codec is not None
+        self._stream_codecs = None  # decoders by model, when no codec was given
         self._fd: int | None = None
         self.bytes_read = 0  #: bytes this object has read from the file (for benchmarks)
         self.recovery: RecoveryReport | None = None  #: set when the store was opened by scanning
@@ -530,6 +532,7 @@ class KeyframeStore:
     @codec.setter
     def codec(self, codec) -> None:
         self._codec = codec
+        self._codec_given = codec is not None
 
     def __len__(self) -> int:
         return self._frames
@@ -544,10 +547,22 @@ class KeyframeStore:
         for i in range(self._frames):
             yield self[i]
 
+    def _decoder_for(self, blob: bytes):
+        """The given codec; without one, the installed model each frame's stream names."""
+        if self._codec_given:
+            return self._codec
+        if self._stream_codecs is None:
+            import ldcodec
+            from ldcodec.codec.stream_models import StreamCodecs
+
+            loaded = {self._codec.model_id: self._codec} if self._codec is not None else {}
+            self._stream_codecs = StreamCodecs(ldcodec.load, loaded=loaded)
+        return self._stream_codecs.for_stream(blob)
+
     def _decode(self, i: int):
         _, desc, blob = self._read_record(i, with_data=True)
         try:
-            return restore_frame(self.codec.decode(blob), desc)
+            return restore_frame(self._decoder_for(blob).decode(blob), desc)
         except (KeyError, TypeError, ValueError, OverflowError) as exc:  # OverflowError: e.g. shape [1e999]
             raise CorruptFrameError(f"{self.path}: frame {i}: inconsistent record ({exc})", i) from None
 

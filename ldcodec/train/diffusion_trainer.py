@@ -56,8 +56,8 @@ from ldcodec.train.trainer import (
 class DiffusionTrainConfig:
     data: str
     #: Base model id or weights path; it stays frozen.
-    base: str = "hp-v1"
-    run: str = "hp-v1-diffusion"
+    base: str = "hp-v2"
+    run: str = "hp-v2-diffusion"
     steps: int = 4000
     batch: int = 16
     crop: int = 256
@@ -147,8 +147,8 @@ class DiffusionTrainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             y_g, z = self.base.analyse(x, quality)
         y_g = y_g.float()
-        params = self.base.h_s(torch.round(z.float()))  # fp32: the coder's means are fp32
-        means = torch.round(params.chunk(2, 1)[1] * MEAN_GRID) / MEAN_GRID
+        _, means = self.base.latent_parameters(y_g, torch.round(z.float()))  # fp32, as the coder's means
+        means = torch.round(means * MEAN_GRID) / MEAN_GRID
         y_hat = torch.round(y_g - means) + means
         return y_g, y_hat, self.base.gain.inverse_gain(quality).float()
 
@@ -251,8 +251,13 @@ class DiffusionTrainer:
             self.sampler.rng = np.random.default_rng(self.cfg.seed + self.step)
             print(f"resumed {self.checkpoint_path} at step {self.step}", flush=True)
         elif self.cfg.init_from:
-            loaded = load_denoiser(self.cfg.init_from, self.base_weights.sha256, self.denoiser_config.latent_channels,
+            # A starting point may come from another base (e.g. the previous version of this one):
+            # the training below binds the result to this base.
+            loaded = load_denoiser(self.cfg.init_from, None, self.denoiser_config.latent_channels,
                                    base_synthesis=self.base.g_s)
+            if loaded.metadata.get("base_sha256") != self.base_weights.sha256.hex():
+                print(f"{self.cfg.init_from} was trained on base {loaded.metadata.get('base_model_id', '?')} "
+                      f"({loaded.metadata.get('base_sha256', '?')[:16]}); fine-tuning it for {self.cfg.base}", flush=True)
             if loaded.denoiser.config != self.denoiser_config:
                 raise SystemExit(f"{self.cfg.init_from} has denoiser {loaded.denoiser.config}, not {self.denoiser_config}")
             self.denoiser.load_state_dict(loaded.denoiser.state_dict())

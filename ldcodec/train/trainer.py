@@ -32,7 +32,7 @@ DEFAULT_CHECKPOINT_DIR = Path(os.environ.get("LDCODEC_TRAIN_DIR", Path.home() / 
 @dataclass
 class TrainConfig:
     data: str
-    run: str = "hp-v1"
+    run: str = "hp-v2"
     steps: int = 6000
     batch: int = 16
     crop: int = 128
@@ -165,8 +165,16 @@ class Trainer:
             self.warmup_start = self.step
         print(f"resumed {self.checkpoint_path} at step {self.step} ({self.elapsed / 3600:.2f} h trained)", flush=True)
 
-    def _check_shape(self, saved: ModelConfig, source: str) -> None:
-        """The network's shape must match; the λ range may change (it only shapes the loss)."""
+    def _check_shape(self, saved: ModelConfig, source: str, adding_context: bool = False) -> None:
+        """The network's shape must match; the λ range may change (it only shapes the loss).
+
+        With ``adding_context``, weights without a spatial context may start a model with
+        one: the context starts as a no-op (see :class:`CheckerboardContext`).
+        """
+        if adding_context and saved.context == "none" and saved.shape()[:3] == self.cfg.model.shape()[:3]:
+            if self.cfg.model.context != "none":
+                print(f"{source}: adding a {self.cfg.model.context} context to its hyperprior", flush=True)
+            saved = ModelConfig(**{**saved.to_dict(), "context": self.cfg.model.context})
         if saved.shape() != self.cfg.model.shape():
             raise SystemExit(f"{source} has model {saved}, not {self.cfg.model}")
         if saved != self.cfg.model:
@@ -178,8 +186,11 @@ class Trainer:
         from ldcodec.codec.weights import load_weights
 
         loaded = load_weights(path)
-        self._check_shape(loaded.model.config, path)
-        self.model.load_state_dict(loaded.model.state_dict(), strict=False)
+        self._check_shape(loaded.model.config, path, adding_context=True)
+        missing, _ = self.model.load_state_dict(loaded.model.state_dict(), strict=False)
+        new = sorted({k.split(".")[0] for k in missing if not k.startswith("context_model.")} - {"entropy_bottleneck", "gaussian_conditional"})
+        if new:
+            raise SystemExit(f"{path} lacks parameters of {', '.join(new)}")
         info = json.loads(loaded.metadata.get("training", "{}"))
         self.step = self.warmup_start = int(info.get("steps", 0))
         self.elapsed = float(info.get("hours", 0.0)) * 3600
