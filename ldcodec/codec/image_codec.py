@@ -25,7 +25,7 @@ from ldcodec.codec.latent_coding import LatentCoder
 from ldcodec.codec.tiling import DEFAULT_TILE, analyse_tiled, synthesise_tiled
 from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
 from ldcodec.codec.precision import resolve_precision
-from ldcodec.codec.transforms import HYPER_STRIDE, LATENT_STRIDE
+from ldcodec.codec.transforms import HYPER_STRIDE
 from ldcodec.codec.weights import LoadedWeights, load_weights
 from ldcodec.errors import BitstreamError, InputImageError, LdcodecError, ModelMismatchError, NoDiffusionDecoderError
 
@@ -237,8 +237,7 @@ class ImageCodec:
         ph, pw = -(-h.height // HYPER_STRIDE), -(-h.width // HYPER_STRIDE)
         z_sym = decode_hyper_latents(stream.sections[SectionTag.HYPER_LATENTS], self._prior_table,
                                      (self._hyper_channels, ph, pw)) - Z_RADIUS
-        shape = (self._latent_channels, ph * (HYPER_STRIDE // LATENT_STRIDE), pw * (HYPER_STRIDE // LATENT_STRIDE))
-        return stream, self._latent_coder.decode(stream.sections[SectionTag.LATENTS], z_sym, shape)
+        return stream, self._latent_coder.decode(stream.sections[SectionTag.LATENTS], z_sym)
 
     def decode(self, blob: bytes, steps: int = 0, seed: int = 0, sampler: str = "dpmpp",
                start: str = "matched") -> Image.Image:

@@ -60,12 +60,11 @@ class LatentCoder:
             (_symbols(y_g, second)[rest], second.scale_indexes[rest]),
         ])
 
-    def decode(self, data: bytes, z_hat: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
-        """The dequantized gained latents ŷ (float64, ``shape`` = (C, H, W)) of a latent section."""
+    def decode(self, data: bytes, z_hat: np.ndarray) -> np.ndarray:
+        """The dequantized gained latents ŷ (float64, C×H×W, the shape h_s(ẑ) gives) of a latent section."""
         hyper = hyper_parameters(self._hyper_synthesis, z_hat)
         first = snap_parameters(hyper)
-        if first.means.shape != tuple(shape):
-            raise ValueError(f"hyper-latents give latents of shape {first.means.shape}, not {shape}")
+        shape = first.means.shape
         section = LatentSectionDecoder(data)
         if self._context is None:
             y_hat = section.decode(first.scale_indexes) + first.means
