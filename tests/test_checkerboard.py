@@ -152,3 +152,23 @@ def test_training_feeds_h_s_the_rounded_hyper_latents_the_coder_uses(context):
     assert not torch.equal(a.y_likelihoods, b.y_likelihoods)  # the rate terms do use noise
     y_hat = torch.round(y_g - means) + means
     assert torch.allclose(a.x_hat, model.synthesise(y_hat, q), atol=1e-6)
+
+
+@pytest.mark.parametrize("context", ["none", "checkerboard"])
+def test_the_rounded_rate_estimate_prices_the_latents_the_coder_codes(context):
+    """``rate_estimate="rounded"``: the training rate is the eval-mode (coded) rate, with gradients to g_a."""
+    torch.manual_seed(0)
+    model = HyperpriorModel(ModelConfig(channels=16, latent_channels=24, gain_levels=4, context=context))
+    if model.context_model is not None:
+        torch.nn.init.normal_(model.context_model.refine[-1].weight, std=0.2)
+    x, q = torch.rand(2, 3, 64, 64), torch.tensor([0.2, 0.7])
+    with torch.no_grad():
+        coded = model.eval()(x, q).y_likelihoods
+        noisy = model.train()(x, q).y_likelihoods
+    rounded = model.train()(x, q, rate_estimate="rounded").y_likelihoods
+    assert torch.equal(rounded.detach(), coded)
+    assert not torch.allclose(noisy, coded)
+    rounded.log2().sum().backward()
+    assert model.g_a[0].weight.grad.abs().sum() > 0  # straight-through: the encoder learns from the coded rate
+    with pytest.raises(ValueError, match="rate_estimate"):
+        model(x, q, rate_estimate="exact")

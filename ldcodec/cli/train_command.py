@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ldcodec.codec.checkerboard import CONTEXT_MODES
-from ldcodec.codec.model import ModelConfig
+from ldcodec.codec.model import RATE_ESTIMATES, ModelConfig
 from ldcodec.codec.precision import PRECISIONS
 
 
@@ -34,9 +34,13 @@ from ldcodec.codec.precision import PRECISIONS
               "(e.g. the committed ldcodec/weights/hp-v2.safetensors).")
 @click.option("--rewarm", is_flag=True, help="Restart the lr warm-up at the resumed step (a new schedule over a "
               "run whose lr had already decayed).")
+@click.option("--rate-estimate", type=click.Choice(RATE_ESTIMATES), default="noise", show_default=True,
+              help="The latents' rate term: uniform noise, or the rounded latents the coder codes "
+                   "(straight-through; for fine-tuning a trained model).")
 @click.option("--seed", default=0, show_default=True)
 def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, latent_channels, context, lambda_min,
-                  lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, init_from, rewarm, seed):
+                  lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, init_from, rewarm,
+                  rate_estimate, seed):
     """Train a variable-rate model on the images in DATA (resumes from the run's checkpoint).
 
     A held-out split (about 1 image in 20, chosen by a hash of its path) is never
@@ -50,7 +54,7 @@ def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, l
         data=data, run=run, steps=steps, batch=batch, crop=crop, lr=lr, decay_fraction=decay_fraction,
         device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), max_minutes=max_minutes,
-        export=export_path, init_from=init_from, rewarm=rewarm, seed=seed,
+        export=export_path, init_from=init_from, rewarm=rewarm, rate_estimate=rate_estimate, seed=seed,
         model=ModelConfig(channels=channels, latent_channels=latent_channels, context=context,
                           lambda_min=lambda_min, lambda_max=lambda_max),
     )

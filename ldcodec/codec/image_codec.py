@@ -19,6 +19,7 @@ from PIL import Image
 from ldcodec.bitstream import container
 from ldcodec.bitstream.container import ColorMode, Header, SectionTag, Stream
 from ldcodec.bitstream.entropy_coding import decode_hyper_latents, encode_hyper_latents
+from ldcodec.codec.allocator import keep_large_allocations
 from ldcodec.codec.diffusion_weights import diffusion_path_for
 from ldcodec.codec.entropy_parameters import Z_RADIUS
 from ldcodec.codec.latent_coding import LatentCoder
@@ -88,6 +89,7 @@ class ImageCodec:
         if tile < 0:
             raise ValueError("tile must be >= 0")
         self.tile = tile
+        keep_large_allocations()  # full-resolution buffers reused, not page-faulted in anew each time
         self.weights = weights
         self.model_id = weights.model_id
         self.device = torch.device(device)

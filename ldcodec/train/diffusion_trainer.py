@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ldcodec.codec.allocator import keep_large_allocations
 from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
 from ldcodec.codec.diffusion_weights import export_denoiser, load_denoiser
 from ldcodec.codec.entropy_parameters import MEAN_GRID
@@ -104,6 +105,7 @@ class DiffusionTrainer:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.device)
+        keep_large_allocations()  # large batches' activations reused, not page-faulted in each step
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.checkpoint_dir) / cfg.run

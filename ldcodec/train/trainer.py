@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ldcodec.codec.allocator import keep_large_allocations
 from ldcodec.codec.model import HyperpriorModel, ModelConfig
 from ldcodec.codec.precision import resolve_precision
 from ldcodec.codec.weights import export_weights
@@ -57,6 +58,8 @@ class TrainConfig:
     init_from: str = ""
     #: Restart the lr warm-up at the resumed step: for a new schedule laid over a run whose lr had decayed.
     rewarm: bool = False
+    #: The latents' rate term: "noise" or "rounded" (see :data:`ldcodec.codec.model.RATE_ESTIMATES`).
+    rate_estimate: str = "noise"
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -113,10 +116,11 @@ def learning_rate(cfg: TrainConfig, step: int, warmup_start: int = 0) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
 
 
-def rd_terms(model: HyperpriorModel, x: torch.Tensor, quality: torch.Tensor, bf16: bool):
+def rd_terms(model: HyperpriorModel, x: torch.Tensor, quality: torch.Tensor, bf16: bool,
+             rate_estimate: str = "noise"):
     """Per-sample (bpp, mse) of a batch."""
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model(x, quality)
+        out = model(x, quality, rate_estimate=rate_estimate)
     pixels = x.shape[2] * x.shape[3]
     bits = -(out.y_likelihoods.log2().sum(dim=(1, 2, 3)) + out.z_likelihoods.log2().sum(dim=(1, 2, 3)))
     bpp = bits / pixels
@@ -129,6 +133,7 @@ class Trainer:
         self.cfg = cfg
         self.device = pick_device(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.device)
+        keep_large_allocations()  # large batches' activations reused, not page-faulted in each step
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.run_dir = Path(cfg.checkpoint_dir) / cfg.run
@@ -274,7 +279,7 @@ class Trainer:
             x = torch.from_numpy(sampler.batch(cfg.batch)).to(self.device).contiguous(memory_format=torch.channels_last)
             quality = torch.rand(cfg.batch, device=self.device)
             lam = cfg.model.rate_lambda(quality)
-            bpp, mse = rd_terms(self.model, x, quality, self.bf16)
+            bpp, mse = rd_terms(self.model, x, quality, self.bf16, cfg.rate_estimate)
             loss = (lam * 255.0**2 * mse + bpp).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
