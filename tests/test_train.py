@@ -107,3 +107,39 @@ def test_sigterm_stops_at_a_step_boundary_with_checkpoint_and_export(image_dir, 
     state = torch.load(tmp_path / "ckpt" / "t" / "last.pt", weights_only=False)
     assert state["step"] == 3 and export.exists()
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is removed again
+
+
+def test_a_new_lambda_range_moves_the_gain_levels_to_their_new_lambdas(image_dir, tmp_path):
+    """``--init-from`` with another λ range: each level starts with the old gains at its new λ."""
+    import dataclasses
+
+    import torch
+
+    from ldcodec.codec.weights import load_weights
+
+    export = tmp_path / "w.safetensors"
+    base = config(image_dir, tmp_path, 2, export=str(export))
+    base = dataclasses.replace(base, model=ModelConfig(channels=8, latent_channels=8, gain_levels=4,
+                                                       lambda_min=0.001, lambda_max=0.008))
+    Trainer(base).run()
+    old = load_weights(export).model
+    with torch.no_grad():  # make the levels distinct so that a wrong mapping shows
+        old.gain.log_gain.copy_(torch.randn_like(old.gain.log_gain))
+        old.gain.log_inverse_gain.copy_(torch.randn_like(old.gain.log_inverse_gain))
+    from ldcodec.codec.weights import export_weights
+    export_weights(old, export, model_id="t", info={"steps": 2})
+    wider = ModelConfig(channels=8, latent_channels=8, gain_levels=4, lambda_min=0.0005, lambda_max=0.004)
+    fresh = Trainer(dataclasses.replace(base, checkpoint_dir=str(tmp_path / "other"), init_from=str(export),
+                                        model=wider))
+    new_gain = fresh.model.gain
+    assert wider.level_lambdas().tolist() == pytest.approx([0.0005, 0.001, 0.002, 0.004])
+    # Levels 1-3 of the new range (λ 0.001, 0.002, 0.004) sit inside the old one: the old gains there.
+    for level, lam in ((1, 0.001), (2, 0.002), (3, 0.004)):
+        q_old = torch.tensor([old.config.quality_for_lambda(torch.tensor(lam)).item()])
+        assert torch.allclose(new_gain.log_gain[level].exp(), old.gain.gain(q_old)[0, :, 0, 0], atol=1e-5)
+        assert torch.allclose(new_gain.log_inverse_gain[level].exp(), old.gain.inverse_gain(q_old)[0, :, 0, 0],
+                              atol=1e-5)
+    # Level 0 (λ 0.0005) lies one old level below the old range: linear extrapolation in log-gain.
+    table = old.gain.log_gain
+    assert torch.allclose(new_gain.log_gain[0], table[0] - (table[1] - table[0]), atol=1e-5)
+    assert wider.quality_for_lambda(wider.rate_lambda(torch.tensor(0.3))).item() == pytest.approx(0.3)

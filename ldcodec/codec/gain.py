@@ -35,6 +35,21 @@ class GainUnit(nn.Module):
         log_value = table[low] * (1.0 - frac) + table[low + 1] * frac
         return log_value.exp()[:, :, None, None]
 
+    @torch.no_grad()
+    def relocate(self, old_quality: torch.Tensor) -> None:
+        """Move the levels: level i takes the gains the table had at ``old_quality[i]``.
+
+        For a new λ range, ``old_quality[i]`` is where the old range had level i's new λ
+        (see :meth:`ldcodec.codec.model.ModelConfig.quality_for_lambda`). Positions
+        outside [0, 1] extrapolate the end segments linearly in log-gain, so a widened
+        range starts near where training would take it instead of thousands of steps away.
+        """
+        position = old_quality.to(self.log_gain.dtype) * (self.levels - 1)
+        low = position.floor().long().clamp(0, self.levels - 2)
+        frac = (position - low.to(position.dtype))[:, None]
+        for table in (self.log_gain, self.log_inverse_gain):
+            table.copy_(table[low] * (1.0 - frac) + table[low + 1] * frac)
+
     def gain(self, quality: torch.Tensor) -> torch.Tensor:
         """Gain of shape (B, C, 1, 1) for a batch of qualities of shape (B,)."""
         return self._interpolate(self.log_gain, quality)

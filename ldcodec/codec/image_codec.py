@@ -213,6 +213,9 @@ class ImageCodec:
             return best
         top = build(hi)
         if len(top) <= budget:
+            if len(top) < 0.9 * budget:  # more than 10 % short: say so, as for a target below the range
+                warnings.warn(f"target {target_bpp} bpp is above the highest rate of this model for this image "
+                              f"({8 * len(top) / pixels:.4f} bpp at quality 1); using quality 1", stacklevel=3)
             return top
         while hi - lo > 64:
             mid = (lo + hi) // 2

@@ -8,6 +8,7 @@ coder sees at inference is computed separately, on a fixed path, in
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import torch
@@ -61,6 +62,14 @@ class ModelConfig:
         """λ for each quality: log-linear between ``lambda_min`` and ``lambda_max``."""
         ratio = self.lambda_max / self.lambda_min
         return self.lambda_min * torch.pow(torch.as_tensor(ratio, dtype=quality.dtype), quality)
+
+    def quality_for_lambda(self, lam: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`rate_lambda` (outside [0, 1] for λ outside the range)."""
+        return torch.log(lam / self.lambda_min) / math.log(self.lambda_max / self.lambda_min)
+
+    def level_lambdas(self) -> torch.Tensor:
+        """λ of each gain level (the levels sit at evenly spaced qualities)."""
+        return self.rate_lambda(torch.linspace(0.0, 1.0, self.gain_levels, dtype=torch.float64))
 
 
 @dataclass

@@ -33,7 +33,7 @@ DEFAULT_CHECKPOINT_DIR = Path(os.environ.get("LDCODEC_TRAIN_DIR", Path.home() / 
 @dataclass
 class TrainConfig:
     data: str
-    run: str = "hp-v2"
+    run: str = "hp-v3"
     steps: int = 6000
     batch: int = 16
     crop: int = 128
@@ -194,6 +194,11 @@ class Trainer:
         self._check_shape(loaded.model.config, path, adding_context=True)
         # Same shapes (checked above); only a newly added context is missing and keeps its init.
         self.model.load_state_dict(loaded.model.state_dict(), strict=False)
+        saved = loaded.model.config
+        if (saved.lambda_min, saved.lambda_max) != (self.cfg.model.lambda_min, self.cfg.model.lambda_max):
+            # A new λ range: each gain level starts with the gains the old model had at its new λ.
+            self.model.gain.relocate(saved.quality_for_lambda(self.cfg.model.level_lambdas()))
+            print(f"{path}: gain levels moved to the new λ range", flush=True)
         info = json.loads(loaded.metadata.get("training", "{}"))
         self.step = self.warmup_start = int(info.get("steps", 0))
         self.elapsed = float(info.get("hours", 0.0)) * 3600
