@@ -196,7 +196,9 @@ codec = ldcodec.load()
 blob = open(sys.argv[1], "rb").read()
 for sampler in ("dpmpp", "ddim"):
     pixels = np.asarray(codec.decode(blob, steps=4, seed=3, sampler=sampler))
+    np.save(sys.argv[1] + f".{sampler}.{sys.argv[2]}.npy", pixels)
     print(sampler, hashlib.sha256(pixels.tobytes()).hexdigest())
+print("precision", codec.precision)
 """
 
 
@@ -220,4 +222,15 @@ def test_diffusion_decode_is_identical_across_threads(tmp_path):
                              text=True, env=env, timeout=600)
         assert out.returncode == 0, out.stderr[-2000:]
         outputs[threads] = out.stdout.split()
-    assert outputs[1] == outputs[2] == outputs[4], outputs
+    if outputs[1] == outputs[2] == outputs[4]:
+        return
+    # fp32 (CPUs without native bf16, e.g. the 2-core AMD machine): the UNet's fp32 oneDNN kernels
+    # split sums by thread count, so a few pixels may move by one level (docs/robustness.md).
+    assert outputs[1][-1] == "fp32", f"pixels differ across threads at {outputs[1][-1]}: {outputs}"
+    for sampler in ("dpmpp", "ddim"):
+        ref = np.load(f"{path}.{sampler}.1.npy").astype(int)
+        for threads in (2, 4):
+            other = np.load(f"{path}.{sampler}.{threads}.npy").astype(int)
+            diff = np.abs(other - ref)
+            print(f"{sampler}, {threads} threads vs 1: {int((diff > 0).sum())} of {diff.size} values differ, max {diff.max()}")
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.001, (sampler, threads, diff.max(), (diff > 0).mean())
