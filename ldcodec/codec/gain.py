@@ -28,12 +28,15 @@ class GainUnit(nn.Module):
     def levels(self) -> int:
         return self.log_gain.shape[0]
 
-    def _interpolate(self, table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-        position = quality.clamp(0.0, 1.0) * (self.levels - 1)
-        low = position.floor().long().clamp(max=self.levels - 2)
+    def _log_interpolate(self, table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """Log-values at ``quality`` (B,): linear between levels, the end segments extended beyond [0, 1]."""
+        position = quality.to(table.dtype) * (self.levels - 1)
+        low = position.floor().long().clamp(0, self.levels - 2)
         frac = (position - low.to(position.dtype))[:, None]
-        log_value = table[low] * (1.0 - frac) + table[low + 1] * frac
-        return log_value.exp()[:, :, None, None]
+        return table[low] * (1.0 - frac) + table[low + 1] * frac
+
+    def _interpolate(self, table: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        return self._log_interpolate(table, quality.clamp(0.0, 1.0)).exp()[:, :, None, None]
 
     @torch.no_grad()
     def relocate(self, old_quality: torch.Tensor) -> None:
@@ -44,11 +47,8 @@ class GainUnit(nn.Module):
         outside [0, 1] extrapolate the end segments linearly in log-gain, so a widened
         range starts near where training would take it instead of thousands of steps away.
         """
-        position = old_quality.to(self.log_gain.dtype) * (self.levels - 1)
-        low = position.floor().long().clamp(0, self.levels - 2)
-        frac = (position - low.to(position.dtype))[:, None]
         for table in (self.log_gain, self.log_inverse_gain):
-            table.copy_(table[low] * (1.0 - frac) + table[low + 1] * frac)
+            table.copy_(self._log_interpolate(table, old_quality))
 
     def gain(self, quality: torch.Tensor) -> torch.Tensor:
         """Gain of shape (B, C, 1, 1) for a batch of qualities of shape (B,)."""
