@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 from fractions import Fraction
 
@@ -394,6 +395,37 @@ def test_perceptual_training_tunes_the_synthesis_resumes_and_exports(tmp_path):
     assert codec._diffusion_synthesis is not None
     for k, v in trainer.synthesis.state_dict().items():
         assert torch.equal(codec._diffusion_synthesis.state_dict()[k].cpu(), v.half().float().cpu())  # stored as fp16
+
+
+def test_the_mse_weight_follows_the_quality_when_a_low_rate_weight_is_given(tmp_path):
+    """--mse-weight-low: the synthesis' MSE weight runs log-linearly from it at q = 0 to --mse-weight at q = 1,
+    is the loss the step optimises, and is recorded in the exported weights; without it the weight is constant."""
+    pytest.importorskip("lpips")
+    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+
+    images = _image_folder(tmp_path)
+    base = tiny_base(tmp_path)
+    common = dict(data=str(images), base=str(base), steps=2, batch=2, crop=64, warmup=1, threads=1, precision="fp32",
+                  checkpoint_dir=str(tmp_path / "ckpt"), log_every=1, validate_every=100, scale_batches=1,
+                  denoiser=TINY_DENOISER, lpips_weights=str(_fake_lpips_file(tmp_path)), perceptual_steps=(1,))
+    constant = DiffusionTrainer(DiffusionTrainConfig(run="c", mse_weight=30.0, **common))
+    assert [constant.mse_weight_at(q) for q in (0.0, 0.5, 1.0)] == [30.0, 30.0, 30.0]
+    export = tmp_path / "rated.safetensors"
+    rated = DiffusionTrainer(DiffusionTrainConfig(run="r", mse_weight=30.0, mse_weight_low=3.0, export=str(export),
+                                                  **common))
+    assert rated.mse_weight_at(0.0) == pytest.approx(3.0)
+    assert rated.mse_weight_at(0.5) == pytest.approx(3.0 * 10 ** 0.5)
+    assert rated.mse_weight_at(1.0) == pytest.approx(30.0)
+    assert rated.mse_weight_at(0.2) < rated.mse_weight_at(0.6)
+    asked, weight_at = [], rated.mse_weight_at
+    rated.mse_weight_at = lambda q: asked.append(float(q)) or weight_at(q)
+    rated.run()
+    assert len(asked) == 2 and all(0.0 <= q <= 1.0 for q in asked)  # once per step, at the batch's quality
+    from safetensors import safe_open
+
+    with safe_open(str(export), "pt") as f:
+        info = json.loads(f.metadata()["training"])
+    assert info["mse_weight"] == 30.0 and info["mse_weight_low"] == 3.0
 
 
 # CLI -------------------------------------------------------------------------------------

@@ -30,11 +30,14 @@ from ldcodec.codec.precision import PRECISIONS
 @click.option("--perceptual-weight", default=1.0, show_default=True,
               help="LPIPS weight of the fine-tuned synthesis used at steps > 0; 0 = keep the base g_s.")
 @click.option("--mse-weight", default=150.0, show_default=True, help="Pixel-MSE weight (images in [0, 1]) of that loss.")
+@click.option("--mse-weight-low", default=0.0, show_default=True,
+              help="Pixel-MSE weight at quality 0, log-interpolated to --mse-weight at quality 1 (low rates lean "
+              "towards LPIPS); 0 = --mse-weight at every rate.")
 @click.option("--synthesis-lr", default=5e-5, show_default=True, help="Learning rate of the fine-tuned synthesis.")
 @click.option("--seed", default=0, show_default=True)
 def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
                             checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, perceptual_weight,
-                            mse_weight, synthesis_lr, seed):
+                            mse_weight, mse_weight_low, synthesis_lr, seed):
     """Train the diffusion decoder of a base model on the images in DATA (resumes from the run's checkpoint).
 
     The base model stays frozen (encoder and bitstream do not change); the denoiser
@@ -55,6 +58,7 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
         warmup=warmup, decay_fraction=decay_fraction, device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), checkpoint_minutes=checkpoint_minutes,
         max_minutes=max_minutes, export=export_path, init_from=init_from, seed=seed,
-        perceptual_weight=perceptual_weight, mse_weight=mse_weight, synthesis_lr=synthesis_lr,
+        perceptual_weight=perceptual_weight, mse_weight=mse_weight, mse_weight_low=mse_weight_low,
+        synthesis_lr=synthesis_lr,
     )
     DiffusionTrainer(cfg).run()

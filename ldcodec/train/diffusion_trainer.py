@@ -14,7 +14,10 @@ base model's gained latents y_g and their quantized version ŷ_g = round(y_g −
   fine-tuned on what the decoder will feed it: the output of the actual sampler
   (DPM-Solver++, matched start, K ∈ ``perceptual_steps``, a random seed), computed
   without gradients, so the denoiser learns from the diffusion loss only. Its loss is
-  ``mse_weight``·MSE + ``perceptual_weight``·LPIPS(AlexNet) against the crop.
+  ``mse_weight``·MSE + ``perceptual_weight``·LPIPS(AlexNet) against the crop. With
+  ``mse_weight_low`` the MSE weight follows the batch's quality, log-interpolated from
+  ``mse_weight_low`` at q = 0 to ``mse_weight`` at q = 1: at low rates, where a decode
+  keeps little of the image, it leans towards LPIPS; at high rates towards PSNR.
 
 The base model never changes: the encoder, the bitstream and steps 0 stay as they are.
 """
@@ -85,6 +88,8 @@ class DiffusionTrainConfig:
     perceptual_weight: float = 1.0
     #: Weight of the pixel MSE (images in [0, 1]) in that loss.
     mse_weight: float = 150.0
+    #: MSE weight at quality 0 (log-interpolated to ``mse_weight`` at quality 1); 0 = ``mse_weight`` at every rate.
+    mse_weight_low: float = 0.0
     #: Learning rate of the perceptual synthesis (it starts from the trained base g_s).
     synthesis_lr: float = 5e-5
     #: Sampler step counts whose outputs the perceptual synthesis is trained on (one drawn per step).
@@ -165,6 +170,11 @@ class DiffusionTrainer:
         low = torch.randint(0, t_match + 1, (batch,), generator=generator)
         pick_low = torch.arange(batch) % 2 == 1
         return torch.where(pick_low, low, full).to(self.device)
+
+    def mse_weight_at(self, quality: float) -> float:
+        """The pixel-MSE weight of the perceptual synthesis' loss at one quality."""
+        high, low = self.cfg.mse_weight, self.cfg.mse_weight_low or self.cfg.mse_weight
+        return low * (high / low) ** float(quality)
 
     def loss_terms(self, x: torch.Tensor, quality: torch.Tensor, generator: torch.Generator | None = None
                    ) -> dict[str, torch.Tensor]:
@@ -289,6 +299,7 @@ class DiffusionTrainer:
         info = {"steps": self.step, "hours": round(self.elapsed / 3600, 3), "data": self.cfg.data,
                 "batch": self.cfg.batch, "crop": self.cfg.crop, "lr": self.cfg.lr, "device": str(self.device),
                 "perceptual_weight": self.cfg.perceptual_weight, "mse_weight": self.cfg.mse_weight,
+                "mse_weight_low": self.cfg.mse_weight_low or self.cfg.mse_weight,
                 "synthesis_lr": self.cfg.synthesis_lr, "perceptual_steps": list(self.cfg.perceptual_steps),
                 "precision": "bf16" if self.bf16 else "fp32", "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__}
@@ -374,7 +385,7 @@ class DiffusionTrainer:
             terms = self.loss_terms(x, quality)
             loss = terms["loss"]
             if self.synthesis is not None:
-                loss = loss + cfg.mse_weight * terms["mse"] + cfg.perceptual_weight * terms["lpips"]
+                loss = loss + self.mse_weight_at(quality[0]) * terms["mse"] + cfg.perceptual_weight * terms["lpips"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in self.optimizer.param_groups:
