@@ -171,10 +171,14 @@ class DiffusionTrainer:
         pick_low = torch.arange(batch) % 2 == 1
         return torch.where(pick_low, low, full).to(self.device)
 
+    @property
+    def mse_weight_low(self) -> float:
+        """The MSE weight at quality 0 (``mse_weight`` unless ``mse_weight_low`` is set)."""
+        return self.cfg.mse_weight_low or self.cfg.mse_weight
+
     def mse_weight_at(self, quality: float) -> float:
         """The pixel-MSE weight of the perceptual synthesis' loss at one quality."""
-        high, low = self.cfg.mse_weight, self.cfg.mse_weight_low or self.cfg.mse_weight
-        return low * (high / low) ** float(quality)
+        return self.mse_weight_low * (self.cfg.mse_weight / self.mse_weight_low) ** float(quality)
 
     def loss_terms(self, x: torch.Tensor, quality: torch.Tensor, generator: torch.Generator | None = None
                    ) -> dict[str, torch.Tensor]:
@@ -299,7 +303,7 @@ class DiffusionTrainer:
         info = {"steps": self.step, "hours": round(self.elapsed / 3600, 3), "data": self.cfg.data,
                 "batch": self.cfg.batch, "crop": self.cfg.crop, "lr": self.cfg.lr, "device": str(self.device),
                 "perceptual_weight": self.cfg.perceptual_weight, "mse_weight": self.cfg.mse_weight,
-                "mse_weight_low": self.cfg.mse_weight_low or self.cfg.mse_weight,
+                "mse_weight_low": self.mse_weight_low,
                 "synthesis_lr": self.cfg.synthesis_lr, "perceptual_steps": list(self.cfg.perceptual_steps),
                 "precision": "bf16" if self.bf16 else "fp32", "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__}
