@@ -41,6 +41,22 @@ def tiny_checkerboard_weights(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_channel_weights(tmp_path_factory) -> Path:
+    """A tiny checkerboard + channel-context model (eight passes), every context a non-no-op."""
+    from ldcodec.codec.model import HyperpriorModel, ModelConfig
+    from ldcodec.codec.weights import export_weights
+
+    torch.manual_seed(2)
+    model = HyperpriorModel(ModelConfig(channels=16, latent_channels=24, gain_levels=4,
+                                        context="checkerboard-channel"))
+    torch.nn.init.normal_(model.context_model.refine[-1].weight, std=0.2)
+    for net in [*model.channel_context.anchor_nets, *model.channel_context.rest_nets]:
+        torch.nn.init.normal_(net.refine[-1].weight, std=0.2)
+    path = tmp_path_factory.mktemp("weights") / "tiny-channel.safetensors"
+    return export_weights(model, path, model_id="tiny-channel")
+
+
+@pytest.fixture(scope="session")
 def tiny_codec(tiny_weights):
     import ldcodec
 

@@ -14,6 +14,15 @@ from ldcodec.codec.weights import load_weights
 from ldcodec.errors import BitstreamError
 
 
+def randomise_context_outputs(model: HyperpriorModel) -> None:
+    """Give every context a non-zero last layer (they start as no-ops)."""
+    if model.context_model is not None:
+        torch.nn.init.normal_(model.context_model.refine[-1].weight, std=0.2)
+    if model.channel_context is not None:
+        for net in [*model.channel_context.anchor_nets, *model.channel_context.rest_nets]:
+            torch.nn.init.normal_(net.refine[-1].weight, std=0.2)
+
+
 @pytest.fixture(scope="module")
 def checkerboard_codec(tiny_checkerboard_weights):
     return ldcodec.load(tiny_checkerboard_weights)
@@ -24,11 +33,14 @@ def test_anchor_mask_is_a_checkerboard():
     assert mask.tolist() == [[1, 0, 1, 0], [0, 1, 0, 1], [1, 0, 1, 0]]
 
 
-def test_a_freshly_added_context_leaves_the_hyperprior_model_unchanged(tiny_weights):
-    base = load_weights(tiny_weights).model
-    model = HyperpriorModel(ModelConfig(**{**base.config.to_dict(), "context": "checkerboard"}))
+@pytest.mark.parametrize("start, context, added", [("tiny_weights", "checkerboard", "context_model."),
+                                                   ("tiny_checkerboard_weights", "checkerboard-channel",
+                                                    "channel_context.")])
+def test_a_freshly_added_context_leaves_the_model_unchanged(start, context, added, request):
+    base = load_weights(request.getfixturevalue(start)).model
+    model = HyperpriorModel(ModelConfig(**{**base.config.to_dict(), "context": context}))
     missing, _ = model.load_state_dict(base.state_dict(), strict=False)
-    assert missing and all(k.startswith("context_model.") for k in missing)
+    assert missing and all(k.startswith(added) for k in missing)
     x, q = torch.rand(2, 3, 64, 64), torch.tensor([0.1, 0.9])
     with torch.no_grad():
         a, b = base.eval()(x, q), model.eval()(x, q)
@@ -106,11 +118,14 @@ def test_truncated_two_pass_sections_fail_cleanly(checkerboard_codec, image_fact
     assert refused >= (len(latents) // 4 - 1) * 0.9
 
 
-def test_init_from_weights_without_context_adds_one(tiny_weights, tmp_path, image_factory):
+@pytest.mark.parametrize("start, context", [("tiny_weights", "checkerboard"),
+                                            ("tiny_checkerboard_weights", "checkerboard-channel")])
+def test_init_from_weights_with_a_poorer_context_adds_one(start, context, tmp_path, image_factory, request):
     from PIL import Image
 
     from ldcodec.train.trainer import TrainConfig, Trainer
 
+    tiny_weights = request.getfixturevalue(start)
     folder = tmp_path / "images"
     folder.mkdir()
     for i in range(4):
@@ -119,17 +134,17 @@ def test_init_from_weights_without_context_adds_one(tiny_weights, tmp_path, imag
     cfg = TrainConfig(data=str(folder), run="cb", steps=2, batch=2, crop=64, warmup=1, threads=1, precision="fp32",
                       checkpoint_dir=str(tmp_path / "ckpt"), init_from=str(tiny_weights),
                       export=str(tmp_path / "cb.safetensors"),
-                      model=ModelConfig(**{**base.to_dict(), "context": "checkerboard"}))
+                      model=ModelConfig(**{**base.to_dict(), "context": context}))
     trainer = Trainer(cfg)
     assert torch.equal(trainer.model.g_a[0].weight, load_weights(tiny_weights).model.g_a[0].weight)
     trainer.run()
     codec = ldcodec.load(tmp_path / "cb.safetensors")
-    assert codec.model.config.context == "checkerboard"
+    assert codec.model.config.context == context
     img = image_factory(64, 64)
     assert np.asarray(codec.decode(codec.encode(img))).shape == img.shape
 
 
-@pytest.mark.parametrize("context", ["none", "checkerboard"])
+@pytest.mark.parametrize("context", ["none", "checkerboard", "checkerboard-channel"])
 def test_training_feeds_h_s_the_rounded_hyper_latents_the_coder_uses(context):
     """Noise is for the rate terms only: h_s (and the context after it) see round(z), as the coder does.
 
@@ -138,8 +153,7 @@ def test_training_feeds_h_s_the_rounded_hyper_latents_the_coder_uses(context):
     """
     torch.manual_seed(0)
     model = HyperpriorModel(ModelConfig(channels=16, latent_channels=24, gain_levels=4, context=context)).train()
-    if model.context_model is not None:
-        torch.nn.init.normal_(model.context_model.refine[-1].weight, std=0.2)
+    randomise_context_outputs(model)
     x, q = torch.rand(2, 3, 64, 64), torch.tensor([0.2, 0.7])
     with torch.no_grad():
         torch.manual_seed(1)
@@ -154,13 +168,12 @@ def test_training_feeds_h_s_the_rounded_hyper_latents_the_coder_uses(context):
     assert torch.allclose(a.x_hat, model.synthesise(y_hat, q), atol=1e-6)
 
 
-@pytest.mark.parametrize("context", ["none", "checkerboard"])
+@pytest.mark.parametrize("context", ["none", "checkerboard", "checkerboard-channel"])
 def test_the_rounded_rate_estimate_prices_the_latents_the_coder_codes(context):
     """``rate_estimate="rounded"``: the training rate is the eval-mode (coded) rate, with gradients to g_a."""
     torch.manual_seed(0)
     model = HyperpriorModel(ModelConfig(channels=16, latent_channels=24, gain_levels=4, context=context))
-    if model.context_model is not None:
-        torch.nn.init.normal_(model.context_model.refine[-1].weight, std=0.2)
+    randomise_context_outputs(model)
     x, q = torch.rand(2, 3, 64, 64), torch.tensor([0.2, 0.7])
     with torch.no_grad():
         coded = model.eval()(x, q).y_likelihoods

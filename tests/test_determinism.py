@@ -127,11 +127,13 @@ def _table(configs) -> str:
     return "\n".join(lines)
 
 
-@pytest.mark.parametrize("model", ["tiny", "tiny-checkerboard", "shipped"])
+@pytest.mark.parametrize("model", ["tiny", "tiny-checkerboard", "tiny-channel", "shipped"])
 def test_stream_decodes_identically_across_threads_precisions_and_devices(model, tiny_weights,
-                                                                          tiny_checkerboard_weights, tmp_path):
+                                                                          tiny_checkerboard_weights,
+                                                                          tiny_channel_weights, tmp_path):
     # The shipped model's wide layers are where oneDNN splits work by thread count.
     weights, size = {"tiny": (tiny_weights, "70x90"), "tiny-checkerboard": (tiny_checkerboard_weights, "70x90"),
+                     "tiny-channel": (tiny_channel_weights, "70x90"),
                      "shipped": (DEFAULT_MODEL_ID, "96x160")}[model]
     path = tmp_path / "det.ldc"
     configs = run("encode", weights, path, 2, tmp_path / "enc", size)

@@ -20,7 +20,8 @@ from ldcodec.codec.precision import PRECISIONS
 @click.option("--channels", default=96, show_default=True, help="N: transform width.")
 @click.option("--latent-channels", default=128, show_default=True, help="M: latent channels.")
 @click.option("--context", type=click.Choice(CONTEXT_MODES), default="checkerboard", show_default=True,
-              help="Spatial context of the latents' entropy model (checkerboard: two parallel passes).")
+              help="Context of the latents' entropy model (checkerboard: two parallel passes; "
+                   "checkerboard-channel: each pass in four channel slices, eight passes).")
 @click.option("--lambda-min", default=0.0001, show_default=True, help="λ at quality 0.")
 @click.option("--lambda-max", default=0.09, show_default=True, help="λ at quality 1.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")

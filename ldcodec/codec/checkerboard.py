@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-#: Names of the spatial-context modes a model config may ask for.
-CONTEXT_MODES = ("none", "checkerboard")
+#: Names of the context modes a model config may ask for ("checkerboard-channel":
+#: :mod:`ldcodec.codec.channel_context`).
+CONTEXT_MODES = ("none", "checkerboard", "checkerboard-channel")
 
 
 def anchor_mask(height: int, width: int, device: torch.device | str = "cpu",

@@ -100,15 +100,17 @@ def hyper_parameters(hyper_synthesis: nn.Module, z_hat: np.ndarray) -> torch.Ten
         return hyper_synthesis(z)
 
 
-def context_parameters(context_model: nn.Module, hyper_params: torch.Tensor, anchors: np.ndarray) -> torch.Tensor:
-    """The checkerboard context's refined parameters on the fixed path, unsnapped.
+def context_parameters(context_model, params: torch.Tensor, decoded: np.ndarray) -> torch.Tensor:
+    """A context's refined parameters on the fixed path, unsnapped.
 
-    ``anchors``: decoded ŷ at the anchor positions, 0 elsewhere, (C, H, W). Its values
-    are integers plus multiples of 1/64, so exact in float32 on both sides.
+    ``context_model(params, decoded)``: the checkerboard context (``params``: h_s's output,
+    ``decoded``: ŷ at the anchors) or one slice's channel refinement (``params``: the slice's,
+    ``decoded``: the earlier slices' ŷ). ``decoded`` is (C, H, W), 0 where not yet decoded; its
+    values are integers plus multiples of 1/64, so exact in float32 on both sides.
     """
-    y = torch.from_numpy(np.ascontiguousarray(anchors, dtype=np.float32))[None]
+    y = torch.from_numpy(np.ascontiguousarray(decoded, dtype=np.float32))[None]
     with torch.inference_mode(), fixed_cpu_path():
-        return context_model(hyper_params, y)
+        return context_model(params, y)
 
 
 def snap_parameters(params: torch.Tensor) -> GaussianParameters:

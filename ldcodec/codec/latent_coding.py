@@ -3,18 +3,24 @@
 A hyperprior model codes all latents in one pass with the parameters of h_s(ẑ). A
 checkerboard model (:mod:`ldcodec.codec.checkerboard`) codes two passes in one
 section: the anchors with h_s(ẑ)'s parameters, then the rest with parameters that
-the context computes from the decoded anchors. Every parameter goes through the
-fixed float32 path and is snapped (:mod:`ldcodec.codec.entropy_parameters`), so
-encoder and decoder feed the coder the same models whatever ran the transforms.
+the context computes from the decoded anchors. A channel context
+(:mod:`ldcodec.codec.channel_context`) codes each of those passes slice by slice, each
+slice's parameters refined from the slices decoded before it. Every parameter goes
+through the fixed float32 path and is snapped (:mod:`ldcodec.codec.entropy_parameters`),
+so encoder and decoder feed the coder the same models whatever ran the transforms.
+Encoder and decoder walk the passes with the same code (:meth:`LatentCoder._walk`).
 """
 
 from __future__ import annotations
 
 import copy
+from functools import partial
+from typing import Callable
 
 import numpy as np
 
 from ldcodec.bitstream.entropy_coding import LatentSectionDecoder, encode_latent_passes
+from ldcodec.codec.channel_context import slice_parameters
 from ldcodec.codec.checkerboard import anchor_mask
 from ldcodec.codec.entropy_parameters import (
     Y_SYMBOL_MAX,
@@ -26,6 +32,11 @@ from ldcodec.codec.entropy_parameters import (
 )
 from ldcodec.codec.model import HyperpriorModel
 
+#: ``code(params, start, stop, positions)``: codes (or decodes) the latents of channels
+#: ``start:stop`` at ``positions`` (boolean, the slice's shape) with ``params`` (the slice's),
+#: and returns their dequantized values ŷ at those positions.
+PassCoder = Callable[[GaussianParameters, int, int, np.ndarray], np.ndarray]
+
 
 def _symbols(y_g: np.ndarray, params: GaussianParameters) -> np.ndarray:
     return np.clip(np.round(y_g - params.means), Y_SYMBOL_MIN, Y_SYMBOL_MAX).astype(np.int32)
@@ -36,48 +47,66 @@ class LatentCoder:
 
     def __init__(self, model: HyperpriorModel):
         # Float32, contiguous CPU copies: the transforms may live on a GPU or in channels_last.
-        self._hyper_synthesis = copy.deepcopy(model.h_s).cpu().float().eval()
-        context = model.context_model
-        self._context = copy.deepcopy(context).cpu().float().eval() if context is not None else None
+        def fixed(module):
+            return copy.deepcopy(module).cpu().float().eval() if module is not None else None
+
+        self._hyper_synthesis = fixed(model.h_s)
+        self._context = fixed(model.context_model)
+        self._channel_context = fixed(model.channel_context)
+        m = model.config.latent_channels
+        self._slices = self._channel_context.slices if self._channel_context is not None else [(0, m)]
 
     @property
     def passes(self) -> int:
-        return 1 if self._context is None else 2
+        return 1 if self._context is None else 2 * len(self._slices)
 
     def encode(self, y_g: np.ndarray, z_hat: np.ndarray) -> bytes:
         """``y_g``: gained latents (C, H, W) float64; ``z_hat``: integer hyper-latents (N, h, w)."""
-        hyper = hyper_parameters(self._hyper_synthesis, z_hat)
-        first = snap_parameters(hyper)
-        if self._context is None:
-            return encode_latent_passes([(_symbols(y_g, first), first.scale_indexes)])
-        anchors = self._anchor_positions(y_g.shape)
-        anchor_symbols = _symbols(y_g, first)
-        decoded_anchors = np.where(anchors, anchor_symbols + first.means, 0.0)
-        second = snap_parameters(context_parameters(self._context, hyper, decoded_anchors))
-        rest = ~anchors
-        return encode_latent_passes([
-            (anchor_symbols[anchors], first.scale_indexes[anchors]),
-            (_symbols(y_g, second)[rest], second.scale_indexes[rest]),
-        ])
+        passes = []
+
+        def code(params: GaussianParameters, start: int, stop: int, positions: np.ndarray) -> np.ndarray:
+            symbols = _symbols(y_g[start:stop], params)
+            passes.append((symbols[positions], params.scale_indexes[positions]))
+            return (symbols + params.means)[positions]
+
+        self._walk(z_hat, code)
+        return encode_latent_passes(passes)
 
     def decode(self, data: bytes, z_hat: np.ndarray) -> np.ndarray:
         """The dequantized gained latents ŷ (float64, C×H×W, the shape h_s(ẑ) gives) of a latent section."""
-        hyper = hyper_parameters(self._hyper_synthesis, z_hat)
-        first = snap_parameters(hyper)
-        shape = first.means.shape
         section = LatentSectionDecoder(data)
-        if self._context is None:
-            y_hat = section.decode(first.scale_indexes) + first.means
-            section.finish()
-            return y_hat
-        anchors = self._anchor_positions(shape)
-        y_hat = np.zeros(shape, dtype=np.float64)
-        y_hat[anchors] = section.decode(first.scale_indexes[anchors]) + first.means[anchors]
-        second = snap_parameters(context_parameters(self._context, hyper, y_hat))
-        rest = ~anchors
-        y_hat[rest] = section.decode(second.scale_indexes[rest]) + second.means[rest]
+
+        def code(params: GaussianParameters, start: int, stop: int, positions: np.ndarray) -> np.ndarray:
+            return section.decode(params.scale_indexes[positions]) + params.means[positions]
+
+        y_hat = self._walk(z_hat, code)
         section.finish()
         return y_hat
+
+    def _walk(self, z_hat: np.ndarray, code: PassCoder) -> np.ndarray:
+        """Every pass in the stream's order, each one's parameters from what is decoded before it: ŷ."""
+        hyper = hyper_parameters(self._hyper_synthesis, z_hat)
+        channels, height, width = hyper.shape[1] // 2, hyper.shape[2], hyper.shape[3]
+        y_hat = np.zeros((channels, height, width), dtype=np.float64)
+        if self._context is None:
+            everywhere = np.ones(y_hat.shape, dtype=bool)
+            y_hat[everywhere] = code(snap_parameters(hyper), 0, channels, everywhere)
+            return y_hat
+        anchors = self._anchor_positions(y_hat.shape)
+        self._walk_pass(hyper, anchors, False, y_hat, code)
+        refined = context_parameters(self._context, hyper, y_hat)  # y_hat holds the anchors only
+        self._walk_pass(refined, ~anchors, True, y_hat, code)
+        return y_hat
+
+    def _walk_pass(self, base, positions: np.ndarray, second_pass: bool, y_hat: np.ndarray, code: PassCoder) -> None:
+        """One checkerboard pass, slice by slice; fills ``y_hat`` at ``positions``."""
+        for index, (start, stop) in enumerate(self._slices):
+            raw = base if len(self._slices) == 1 else slice_parameters(base, start, stop)
+            if index > 0:
+                refine = partial(self._channel_context.refine, second_pass, index)
+                raw = context_parameters(refine, raw, y_hat[:start])
+            where = positions[start:stop]
+            y_hat[start:stop][where] = code(snap_parameters(raw), start, stop, where)
 
     @staticmethod
     def _anchor_positions(shape: tuple[int, ...]) -> np.ndarray:

@@ -15,6 +15,7 @@ import torch
 from compressai.entropy_models import EntropyBottleneck, GaussianConditional
 from torch import nn
 
+from ldcodec.codec.channel_context import ChannelContext, merge_slices, slice_parameters
 from ldcodec.codec.checkerboard import CONTEXT_MODES, CheckerboardContext, anchor_mask
 from ldcodec.codec.gain import GainUnit
 from ldcodec.codec.transforms import (
@@ -43,8 +44,9 @@ class ModelConfig:
     #: λ at quality 0 and quality 1 (MSE on 8-bit scale: loss = λ·255²·MSE + bpp).
     lambda_min: float = 0.0004
     lambda_max: float = 0.09
-    #: Spatial context of the latents' entropy model: "none" (hyperprior only) or
-    #: "checkerboard" (see :mod:`ldcodec.codec.checkerboard`). Older weights files lack it: "none".
+    #: Context of the latents' entropy model: "none" (hyperprior only), "checkerboard"
+    #: (see :mod:`ldcodec.codec.checkerboard`) or "checkerboard-channel" (the checkerboard's
+    #: passes coded slice by slice, :mod:`ldcodec.codec.channel_context`). Older weights files lack it: "none".
     context: str = "none"
 
     def __post_init__(self):
@@ -98,7 +100,9 @@ class HyperpriorModel(nn.Module):
         self.gain = GainUnit(m, levels=self.config.gain_levels)
         self.entropy_bottleneck = EntropyBottleneck(n)
         self.gaussian_conditional = GaussianConditional(None, scale_bound=SCALE_LOWER_BOUND)
-        self.context_model = CheckerboardContext(m) if self.config.context == "checkerboard" else None
+        spatial = self.config.context in ("checkerboard", "checkerboard-channel")
+        self.context_model = CheckerboardContext(m) if spatial else None
+        self.channel_context = ChannelContext(m) if self.config.context == "checkerboard-channel" else None
 
     # Pieces used by both training and inference -------------------------------------
     def analyse(self, x: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,19 +120,38 @@ class HyperpriorModel(nn.Module):
     def latent_parameters(self, y_g: torch.Tensor, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(scales, means) of the gained latents given hyper-latents: the training-path view.
 
-        With a checkerboard context the non-anchors' parameters also see the anchors,
-        rounded around their hyperprior means as the coder does (straight-through).
-        The coder itself uses the fixed path of :mod:`ldcodec.codec.latent_coding`.
+        With a checkerboard context the non-anchors' parameters also see the anchors, and with a
+        channel context each slice also sees the earlier slices, all rounded around their own
+        means as the coder does (straight-through). The coder itself uses the fixed path of
+        :mod:`ldcodec.codec.latent_coding`.
         """
         params = self.h_s(z_hat).float()
         if self.context_model is not None:
             mask = anchor_mask(*y_g.shape[2:], device=y_g.device)
-            means = params.chunk(2, 1)[1]
-            anchors = (ste_round(y_g - means) + means) * mask
+            first, anchors = self._pass_parameters(params, y_g, mask, torch.zeros_like(y_g), second_pass=False)
             refined = self.context_model(params, anchors).float()
-            params = params * mask + refined * (1.0 - mask)
+            second, _ = self._pass_parameters(refined, y_g, 1.0 - mask, anchors, second_pass=True)
+            params = first * mask + second * (1.0 - mask)
         scales, means = params.chunk(2, 1)
         return scales, means
+
+    def _pass_parameters(self, base: torch.Tensor, y_g: torch.Tensor, positions: torch.Tensor,
+                         decoded: torch.Tensor, second_pass: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One checkerboard pass, slice by slice: (its parameters, ``decoded`` plus its quantized latents).
+
+        ``positions``: 1 where this pass codes; ``decoded``: ŷ known before the pass, 0 elsewhere.
+        """
+        slices = self.channel_context.slices if self.channel_context is not None else [(0, y_g.shape[1])]
+        parts, quantized = [], []
+        for index, (start, stop) in enumerate(slices):
+            params = slice_parameters(base, start, stop) if len(slices) > 1 else base
+            if index > 0:
+                known = decoded[:, :start] + torch.cat(quantized, dim=1)
+                params = self.channel_context.refine(second_pass, index, params, known).float()
+            means = params.chunk(2, 1)[1]
+            quantized.append((ste_round(y_g[:, start:stop] - means) + means) * positions)
+            parts.append(params)
+        return (merge_slices(parts) if len(parts) > 1 else parts[0]), decoded + torch.cat(quantized, dim=1)
 
     # Training ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor, quality: torch.Tensor, rate_estimate: str = "noise") -> TrainingOutput:

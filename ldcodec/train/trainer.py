@@ -22,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 from ldcodec.codec.allocator import keep_large_allocations
+from ldcodec.codec.checkerboard import CONTEXT_MODES
 from ldcodec.codec.model import HyperpriorModel, ModelConfig
 from ldcodec.codec.precision import resolve_precision
 from ldcodec.codec.weights import export_weights
@@ -173,13 +174,15 @@ class Trainer:
     def _check_shape(self, saved: ModelConfig, source: str, adding_context: bool = False) -> None:
         """The network's shape must match; the λ range may change (it only shapes the loss).
 
-        With ``adding_context``, weights without a spatial context may start a model with
-        one: the context starts as a no-op (see :class:`CheckerboardContext`).
+        With ``adding_context``, weights may start a model with a richer context (each of
+        :data:`CONTEXT_MODES` extends the one before it): what is added starts as a no-op
+        (the last layers of the checkerboard and channel contexts start at zero).
         """
-        if adding_context and saved.context == "none" and saved.shape()[:3] == self.cfg.model.shape()[:3]:
-            if self.cfg.model.context != "none":
-                print(f"{source}: adding a {self.cfg.model.context} context to its hyperprior", flush=True)
-            saved = ModelConfig(**{**saved.to_dict(), "context": self.cfg.model.context})
+        wanted = self.cfg.model.context
+        if (adding_context and saved.shape()[:3] == self.cfg.model.shape()[:3]
+                and CONTEXT_MODES.index(saved.context) < CONTEXT_MODES.index(wanted)):
+            print(f"{source}: adding a {wanted} context to its {saved.context} entropy model", flush=True)
+            saved = ModelConfig(**{**saved.to_dict(), "context": wanted})
         if saved.shape() != self.cfg.model.shape():
             raise SystemExit(f"{source} has model {saved}, not {self.cfg.model}")
         if saved != self.cfg.model:

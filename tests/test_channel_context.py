@@ -1,0 +1,123 @@
+"""The channel context (checkerboard passes coded slice by slice): training view, coder view, streams."""
+
+from __future__ import annotations
+
+import hashlib
+from functools import partial
+
+import numpy as np
+import pytest
+import torch
+
+import ldcodec
+from ldcodec.codec.channel_context import channel_slices, merge_slices, slice_parameters
+from ldcodec.codec.entropy_parameters import context_parameters, hyper_parameters, snap_means
+from ldcodec.codec.latent_coding import LatentCoder
+from ldcodec.codec.model import HyperpriorModel, ModelConfig
+from ldcodec.codec.weights import load_weights, weights_path
+
+
+def test_slices_are_uneven_small_first_and_cover_every_channel():
+    assert channel_slices(128) == [(0, 16), (16, 32), (32, 64), (64, 128)]
+    assert channel_slices(24) == [(0, 3), (3, 6), (6, 12), (12, 24)]
+    with pytest.raises(ValueError, match="at least 8"):
+        channel_slices(4)
+
+
+def test_slicing_the_parameters_and_merging_them_back_is_the_identity():
+    params = torch.randn(2, 48, 3, 5)
+    parts = [slice_parameters(params, a, b) for a, b in channel_slices(24)]
+    assert parts[1].shape == (2, 6, 3, 5)
+    assert torch.equal(parts[1][:, :3], params[:, 3:6]) and torch.equal(parts[1][:, 3:], params[:, 27:30])
+    assert torch.equal(merge_slices(parts), params)
+
+
+def test_a_freshly_added_channel_context_codes_as_the_checkerboard_model_did(tiny_checkerboard_weights):
+    """(The model itself is unchanged: tests/test_checkerboard.py.) Same latents, same cost, 8 passes."""
+    base = load_weights(tiny_checkerboard_weights).model
+    model = HyperpriorModel(ModelConfig(**{**base.config.to_dict(), "context": "checkerboard-channel"}))
+    model.load_state_dict(base.state_dict(), strict=False)
+    rng = np.random.default_rng(3)
+    z = rng.integers(-2, 3, size=(16, 2, 3)).astype(np.int32)
+    y = rng.normal(0, 3, size=(24, 8, 12))
+    old, new = LatentCoder(base), LatentCoder(model)
+    assert (old.passes, new.passes) == (2, 8)
+    old_blob, new_blob = old.encode(y, z), new.encode(y, z)
+    assert np.array_equal(old.decode(old_blob, z), new.decode(new_blob, z))
+    assert abs(len(old_blob) - len(new_blob)) <= 0.02 * len(old_blob) + 8
+
+
+def test_decoded_latents_are_the_encoders_quantized_latents(tiny_channel_weights):
+    coder = LatentCoder(load_weights(tiny_channel_weights).model)
+    assert coder.passes == 8
+    rng = np.random.default_rng(0)
+    z = rng.integers(-2, 3, size=(16, 2, 3)).astype(np.int32)
+    y = rng.normal(0, 3, size=(24, 8, 12))
+    blob = coder.encode(y, z)
+    y_hat = coder.decode(blob, z)
+    assert np.abs(y_hat - y).max() <= 0.5 + 1e-9  # each latent rounded around its own mean
+    assert np.array_equal(y_hat, coder.decode(coder.encode(y, z), z))
+    assert blob == coder.encode(y, z)
+
+
+@pytest.mark.parametrize("second_pass", [False, True])
+def test_a_slice_depends_on_the_earlier_slices(tiny_channel_weights, second_pass):
+    model = load_weights(tiny_channel_weights).model
+    hyper = hyper_parameters(model.h_s.float().eval(), np.zeros((16, 2, 2), dtype=np.int32))
+    start, stop = channel_slices(24)[2]
+    params = slice_parameters(hyper, start, stop)
+    refine = partial(model.channel_context.eval().refine, second_pass, 2)
+    earlier = np.random.default_rng(1).integers(-3, 4, size=(start, 8, 8)).astype(np.float64)
+    a = context_parameters(refine, params, np.zeros_like(earlier))
+    b = context_parameters(refine, params, earlier)
+    assert a.shape == params.shape and not torch.equal(a, b)
+
+
+def test_training_and_coder_views_of_the_parameters_agree(tiny_channel_weights):
+    """The model is trained with the slice order, anchor pattern and rounding the coder uses."""
+    model = load_weights(tiny_channel_weights).model.eval()
+    rng = np.random.default_rng(2)
+    z = rng.integers(-2, 3, size=(16, 2, 3)).astype(np.int32)
+    y = rng.normal(0, 3, size=(24, 8, 12))
+    with torch.no_grad():
+        _, train_means = model.latent_parameters(torch.from_numpy(y).float()[None], torch.from_numpy(z).float()[None])
+    coder_means = np.zeros_like(y)
+
+    def code(params, start, stop, positions):
+        coder_means[start:stop][positions] = params.means[positions]
+        return (np.round(y[start:stop] - params.means) + params.means)[positions]
+
+    LatentCoder(model)._walk(z, code)
+    # Equal up to the 1/64 snapping (and its small effect on the values the contexts see).
+    assert np.abs(snap_means(train_means[0].numpy()) - coder_means).max() < 0.1
+    hyper_means = hyper_parameters(model.h_s, z)[0, 24:].numpy()
+    assert not np.allclose(hyper_means[3:], coder_means[3:], atol=0.05)  # the contexts did change them
+
+
+def test_round_trip_through_the_codec(tiny_channel_weights, image_factory):
+    codec = ldcodec.load(tiny_channel_weights)
+    img = image_factory(70, 90)
+    blob = codec.encode(img, quality=0.6)
+    out = np.asarray(codec.decode(blob))
+    assert out.shape == img.shape and np.array_equal(out, np.asarray(codec.decode(blob)))
+
+
+def test_the_shipped_checkerboard_model_writes_the_latent_sections_it_always_wrote():
+    """The pass walk that serves the channel context leaves hp-v3's (and hp-v1's) streams as released.
+
+    The hashes are of sections written by the release before the channel context (commit 0b6d4ad).
+    """
+    rng = np.random.default_rng(7)
+    z = rng.integers(-3, 4, size=(96, 3, 4)).astype(np.int32)
+    expected = {
+        "hp-v3": "916e1f1e934ecf2fbe1a554b80d7977edad729db7a1f45c3951142837b0ab978",
+        "hp-v1": "f7efeb016fbfdd108e5a47a6a43cb4a4d1d176a1ebf93edfbe8695b7e96e3f23",
+    }
+    for model_id, digest in expected.items():
+        if not weights_path(model_id).is_file():
+            pytest.fail(f"shipped weights {model_id} are missing")
+        coder = LatentCoder(load_weights(model_id).model)
+        y = rng.normal(0, 4, size=(128, 12, 16))
+        blob = coder.encode(y, z)
+        assert hashlib.sha256(blob).hexdigest() == digest, model_id
+        assert np.abs(coder.decode(blob, z) - y).max() <= 0.5 + 1e-9
