@@ -101,7 +101,7 @@ class LatentCoder:
     def _walk_pass(self, base, positions: np.ndarray, second_pass: bool, y_hat: np.ndarray, code: PassCoder) -> None:
         """One checkerboard pass, slice by slice; fills ``y_hat`` at ``positions``."""
         for index, (start, stop) in enumerate(self._slices):
-            raw = base if len(self._slices) == 1 else slice_parameters(base, start, stop)
+            raw = slice_parameters(base, start, stop)
             if index > 0:
                 refine = partial(self._channel_context.refine, second_pass, index)
                 raw = context_parameters(refine, raw, y_hat[:start])

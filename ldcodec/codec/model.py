@@ -144,14 +144,14 @@ class HyperpriorModel(nn.Module):
         slices = self.channel_context.slices if self.channel_context is not None else [(0, y_g.shape[1])]
         parts, quantized = [], []
         for index, (start, stop) in enumerate(slices):
-            params = slice_parameters(base, start, stop) if len(slices) > 1 else base
+            params = slice_parameters(base, start, stop)
             if index > 0:
                 known = decoded[:, :start] + torch.cat(quantized, dim=1)
                 params = self.channel_context.refine(second_pass, index, params, known).float()
             means = params.chunk(2, 1)[1]
             quantized.append((ste_round(y_g[:, start:stop] - means) + means) * positions)
             parts.append(params)
-        return (merge_slices(parts) if len(parts) > 1 else parts[0]), decoded + torch.cat(quantized, dim=1)
+        return merge_slices(parts), decoded + torch.cat(quantized, dim=1)
 
     # Training ---------------------------------------------------------------------
     def forward(self, x: torch.Tensor, quality: torch.Tensor, rate_estimate: str = "noise") -> TrainingOutput:
