@@ -81,3 +81,35 @@ def test_eval_report_takes_in_the_sweep_of_its_results_folder(tmp_path, image_fa
     assert result.exit_code == 0, result.output
     report = (out / "results.md").read_text()
     assert "## Diffusion decoder sweep" in report and "| K=4 | 0.1 |" in report
+
+
+def test_sweep_benchmark_compares_another_diffusion_file_on_the_main_curves(sweep_codec, tmp_path, monkeypatch):
+    """``--diffusion`` and ``--variants main``: how a diffusion candidate is measured before it ships."""
+    import importlib.util
+    from pathlib import Path
+
+    _, base = sweep_codec
+    candidate = tmp_path / "candidate.safetensors"
+    export_denoiser(random_denoiser(), candidate, load_weights(base).sha256, "base")  # no tuned g_s
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(synthetic_image(64, 64)).save(folder / "a.png")
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_diffusion_sweep.py"
+    spec = importlib.util.spec_from_file_location("bench_diffusion_sweep", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "sweep"
+    monkeypatch.setattr("sys.argv", ["bench", "--dir", str(folder), "--qualities", "0.5", "--model", str(base),
+                                     "--diffusion", str(candidate), "--variants", "main", "--out", str(out)])
+    monkeypatch.setattr(bench, "run_sweep", lambda *a, **k: run_sweep(*a, **{**k, "lpips": False}))
+    bench.main()
+    report = out.with_suffix(".md").read_text()
+    assert "diffusion decoder `candidate.safetensors`" in report
+    rows = [line for line in report.splitlines() if line.startswith("| K=")]
+    assert [r.split(" |")[0] for r in rows] == ["| K=0 (distortion-optimal)", "| K=4 dpmpp matched"]
+    # the candidate, not the model's own decoder, ran: its K=4 pixels differ from the shipped file's
+    rgb = synthetic_image(64, 64)
+    blob = ldcodec.load(base).encode(rgb, quality=0.5)
+    own = np.asarray(ldcodec.load(base).decode(blob, steps=4))
+    other = np.asarray(ldcodec.load(base, diffusion=candidate).decode(blob, steps=4))
+    assert not np.array_equal(own, other)

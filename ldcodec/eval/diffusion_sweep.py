@@ -55,6 +55,15 @@ def default_variants() -> list[Variant]:
     return variants
 
 
+def main_variants() -> list[Variant]:
+    """The two curves ``ldcodec eval`` reports (K = 0 and K = 4): enough to compare diffusion decoders."""
+    return [Variant(0), Variant(4)]
+
+
+#: ``--variants`` names of the sweep benchmark.
+VARIANT_SETS = {"all": default_variants, "main": main_variants}
+
+
 def decode_variant(codec, blob: bytes, variant: Variant, seed: int = 0) -> np.ndarray:
     """``codec.decode`` for shipped variants; the ablations swap the synthesis (measurement only)."""
     if variant.synthesis == "shipped":
