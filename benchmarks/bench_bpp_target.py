@@ -1,6 +1,7 @@
 """How close `encode --bpp B` lands to B on real photos (issue 4: within ±10 %).
 
     python benchmarks/bench_bpp_target.py [--dir ../shared/data/kodak] [--targets 0.03,0.05,0.1,0.25,0.5,1.0]
+                                          [--model ID_OR_PATH]
 
 For every image and target it encodes with ``bpp=target`` and prints, per target, the
 achieved bpp (mean, min, max), the worst relative deviation, how many images landed
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--dir", default="../shared/data/kodak")
     parser.add_argument("--targets", default="0.03,0.05,0.1,0.25,0.5,1.0")
     parser.add_argument("--limit", type=int, default=0, help="first N images only (0: all)")
+    parser.add_argument("--model", default=None, help="model id or .safetensors path (default: the default model)")
     args = parser.parse_args()
     files = sorted(Path(args.dir).glob("*.png"))
     if args.limit:
@@ -32,7 +34,7 @@ def main() -> None:
     if not files:
         raise SystemExit(f"no PNG images in {args.dir}")
     targets = [float(t) for t in args.targets.split(",")]
-    codec = ldcodec.load()
+    codec = ldcodec.load(args.model)
     images = [np.asarray(Image.open(f).convert("RGB")) for f in files]
     print(f"model {codec.model_id}, {len(files)} images from {args.dir}")
     print("| target bpp | achieved mean | min | max | worst deviation | within ±10 % | below the model's range |")

@@ -106,7 +106,8 @@ def test_the_shipped_checkerboard_model_writes_the_latent_sections_it_always_wro
     """The pass walk that serves the channel context leaves hp-v3's (and hp-v1's) streams as released.
 
     The hashes of hp-v3 and hp-v1 are of sections written by the release before the channel context
-    (commit 0b6d4ad); hp-v4's (the first channel-context model) of those of its own release (5ef6fbd).
+    (commit 0b6d4ad); hp-v4's (the first channel-context model) of those of its own release (5ef6fbd),
+    hp-v5's of its own (e4cad7c).
     """
     rng = np.random.default_rng(7)
     z = rng.integers(-3, 4, size=(96, 3, 4)).astype(np.int32)
@@ -114,6 +115,7 @@ def test_the_shipped_checkerboard_model_writes_the_latent_sections_it_always_wro
         "hp-v3": "916e1f1e934ecf2fbe1a554b80d7977edad729db7a1f45c3951142837b0ab978",
         "hp-v1": "f7efeb016fbfdd108e5a47a6a43cb4a4d1d176a1ebf93edfbe8695b7e96e3f23",
         "hp-v4": "f9061821bf423101dfcbe511227e78c7262b9f2d120f87d5bd7b39283cf82ae4",
+        "hp-v5": "c04abf280e99aad841026c5b9382ebce63f50de1ca319169c57990fda9110cf4",
     }
     for model_id, digest in expected.items():
         if not weights_path(model_id).is_file():

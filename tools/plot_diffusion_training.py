@@ -1,7 +1,7 @@
 """Plot a diffusion-decoder training log (latent x0 loss; steps-4 PSNR/LPIPS on held-out crops) to a PNG.
 
-    python tools/plot_diffusion_training.py [--log ~/.cache/ldcodec-train/hp-v5-diffusion/log.csv] \
-        [--out docs/training-hp-v5-diffusion.png]
+    python tools/plot_diffusion_training.py [--log ~/.cache/ldcodec-train/hp-v6-diffusion/log.csv] \
+        [--out docs/training-hp-v6-diffusion.png]
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--log", default=str(Path.home() / ".cache" / "ldcodec-train" / "hp-v5-diffusion" / "log.csv"))
+    parser.add_argument("--log", default=str(Path.home() / ".cache" / "ldcodec-train" / "hp-v6-diffusion" / "log.csv"))
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs"
-                                             / "training-hp-v5-diffusion.png"))
+                                             / "training-hp-v6-diffusion.png"))
     args = parser.parse_args()
     with open(args.log, newline="") as f:
         rows = list(csv.DictReader(f))

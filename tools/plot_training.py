@@ -1,6 +1,6 @@
 """Plot a training run's log.csv (loss, bpp, PSNR, validation RD) to a PNG in docs/.
 
-    python tools/plot_training.py [--run hp-v5] [--log PATH] [--out docs/training-hp-v5.png]
+    python tools/plot_training.py [--run hp-v6] [--log PATH] [--out docs/training-hp-v6.png]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run", default="hp-v5")
+    parser.add_argument("--run", default="hp-v6")
     parser.add_argument("--log", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -11,7 +11,7 @@ from ldcodec.codec.precision import PRECISIONS
 
 @click.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--run", default="hp-v5", show_default=True, help="Run name: checkpoint folder and model id.")
+@click.option("--run", default="hp-v6", show_default=True, help="Run name: checkpoint folder and model id.")
 @click.option("--steps", default=6000, show_default=True, help="Total optimizer steps (the lr schedule is laid over these).")
 @click.option("--batch", default=16, show_default=True)
 @click.option("--crop", default=128, show_default=True, help="Random crop size in pixels.")
@@ -22,8 +22,8 @@ from ldcodec.codec.precision import PRECISIONS
 @click.option("--context", type=click.Choice(CONTEXT_MODES), default="checkerboard-channel", show_default=True,
               help="Context of the latents' entropy model (checkerboard: two parallel passes; "
                    "checkerboard-channel: each pass in four channel slices, eight passes).")
-@click.option("--lambda-min", default=0.0001, show_default=True, help="λ at quality 0.")
-@click.option("--lambda-max", default=0.09, show_default=True, help="λ at quality 1.")
+@click.option("--lambda-min", default=0.00003, show_default=True, help="λ at quality 0.")
+@click.option("--lambda-max", default=0.27, show_default=True, help="λ at quality 1.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="auto", show_default=True,
               help="auto: bf16 autocast on CUDA or on CPUs with native bf16, else fp32.")
@@ -32,7 +32,7 @@ from ldcodec.codec.precision import PRECISIONS
 @click.option("--max-minutes", default=0.0, help="Stop (checkpointed) after this many minutes; 0 = no limit.")
 @click.option("--export", "export_path", default="", help="Write safetensors weights here at every checkpoint and at the end.")
 @click.option("--init-from", default="", help="Weights file to start from when the run has no checkpoint "
-              "(e.g. the committed ldcodec/weights/hp-v5.safetensors).")
+              "(e.g. the committed ldcodec/weights/hp-v6.safetensors).")
 @click.option("--rewarm", is_flag=True, help="Restart the lr warm-up at the resumed step (a new schedule over a "
               "run whose lr had already decayed).")
 @click.option("--rate-estimate", type=click.Choice(RATE_ESTIMATES), default="noise", show_default=True,
@@ -47,7 +47,7 @@ def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, l
     A held-out split (about 1 image in 20, chosen by a hash of its path) is never
     trained on; it is used for validation. Example:
 
-        ldcodec train ../shared/data/train --run hp-v5 --steps 6000 --export ldcodec/weights/hp-v5.safetensors
+        ldcodec train ../shared/data/train --run hp-v6 --steps 6000 --export ldcodec/weights/hp-v6.safetensors
     """
     from ldcodec.train.trainer import DEFAULT_CHECKPOINT_DIR, TrainConfig, Trainer
 

@@ -9,7 +9,7 @@ from ldcodec.codec.precision import PRECISIONS
 
 @click.command("train-diffusion")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--base", default="hp-v5", show_default=True, help="Base model id or weights path (kept frozen).")
+@click.option("--base", default="hp-v6", show_default=True, help="Base model id or weights path (kept frozen).")
 @click.option("--run", default=None, help="Run name: the checkpoint folder [<base>-diffusion].")
 @click.option("--steps", default=4000, show_default=True, help="Total optimizer steps (the lr schedule is laid over these).")
 @click.option("--batch", default=16, show_default=True)
@@ -45,8 +45,8 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
     copy of the synthesis transform is fine-tuned (MSE + LPIPS) on the sampler's
     outputs for decodes with steps > 0. Example:
 
-        ldcodec train-diffusion ../shared/data/train --base hp-v5 --steps 4000 \\
-            --export ldcodec/weights/hp-v5-diffusion.safetensors
+        ldcodec train-diffusion ../shared/data/train --base hp-v6 --steps 4000 \\
+            --export ldcodec/weights/hp-v6-diffusion.safetensors
     """
     from pathlib import Path
 

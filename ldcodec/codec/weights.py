@@ -24,7 +24,7 @@ from ldcodec.codec.model import HyperpriorModel, ModelConfig
 from ldcodec.errors import ModelMismatchError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODEL_ID = "hp-v5"
+DEFAULT_MODEL_ID = "hp-v6"
 PRIOR_TABLE_KEY = "hyper_prior_table"
 # CompressAI's coder-table buffers: rebuilt or unused, never shipped.
 _SKIPPED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")

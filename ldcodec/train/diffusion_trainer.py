@@ -60,8 +60,8 @@ from ldcodec.train.trainer import (
 class DiffusionTrainConfig:
     data: str
     #: Base model id or weights path; it stays frozen.
-    base: str = "hp-v5"
-    run: str = "hp-v5-diffusion"
+    base: str = "hp-v6"
+    run: str = "hp-v6-diffusion"
     steps: int = 4000
     batch: int = 16
     crop: int = 256

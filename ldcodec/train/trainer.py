@@ -34,7 +34,7 @@ DEFAULT_CHECKPOINT_DIR = Path(os.environ.get("LDCODEC_TRAIN_DIR", Path.home() / 
 @dataclass
 class TrainConfig:
     data: str
-    run: str = "hp-v5"
+    run: str = "hp-v6"
     steps: int = 6000
     batch: int = 16
     crop: int = 128
