@@ -1,7 +1,8 @@
 """Plot a diffusion-decoder training log (latent x0 loss; steps-4 PSNR/LPIPS on held-out crops) to a PNG.
 
-    python tools/plot_diffusion_training.py [--log ~/.cache/ldcodec-train/hp-v6-diffusion/log.csv] \
-        [--out docs/training-hp-v6-diffusion.png]
+    python tools/plot_diffusion_training.py [--log ~/.cache/ldcodec-train/RUN/log.csv] [--out docs/training-RUN.png]
+
+RUN defaults to the shipped model's diffusion run, ``<DEFAULT_MODEL_ID>-diffusion``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,16 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ldcodec.codec.release import DEFAULT_MODEL_ID  # noqa: E402
+
+RUN = f"{DEFAULT_MODEL_ID}-diffusion"
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--log", default=str(Path.home() / ".cache" / "ldcodec-train" / "hp-v6-diffusion" / "log.csv"))
+    parser.add_argument("--log", default=str(Path.home() / ".cache" / "ldcodec-train" / RUN / "log.csv"))
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "docs"
-                                             / "training-hp-v6-diffusion.png"))
+                                             / f"training-{RUN}.png"))
     args = parser.parse_args()
     with open(args.log, newline="") as f:
         rows = list(csv.DictReader(f))

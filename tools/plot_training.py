@@ -1,6 +1,8 @@
 """Plot a training run's log.csv (loss, bpp, PSNR, validation RD) to a PNG in docs/.
 
-    python tools/plot_training.py [--run hp-v6] [--log PATH] [--out docs/training-hp-v6.png]
+    python tools/plot_training.py [--run RUN] [--log PATH] [--out docs/training-RUN.png]
+
+RUN defaults to the shipped model's id (:data:`ldcodec.codec.release.DEFAULT_MODEL_ID`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ldcodec.codec.release import DEFAULT_MODEL_ID  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--run", default="hp-v6")
+    parser.add_argument("--run", default=DEFAULT_MODEL_ID)
     parser.add_argument("--log", default=None)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()

@@ -5,13 +5,14 @@ from __future__ import annotations
 import click
 
 from ldcodec.codec.checkerboard import CONTEXT_MODES
-from ldcodec.codec.model import RATE_ESTIMATES, ModelConfig
+from ldcodec.codec.model import PARAMETER_ARITHMETICS, RATE_ESTIMATES, ModelConfig
 from ldcodec.codec.precision import PRECISIONS
+from ldcodec.codec.release import DEFAULT_MODEL_ID
 
 
 @click.command("train")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--run", default="hp-v6", show_default=True, help="Run name: checkpoint folder and model id.")
+@click.option("--run", default=DEFAULT_MODEL_ID, show_default=True, help="Run name: checkpoint folder and model id.")
 @click.option("--steps", default=6000, show_default=True, help="Total optimizer steps (the lr schedule is laid over these).")
 @click.option("--batch", default=16, show_default=True)
 @click.option("--crop", default=128, show_default=True, help="Random crop size in pixels.")
@@ -38,10 +39,14 @@ from ldcodec.codec.precision import PRECISIONS
 @click.option("--rate-estimate", type=click.Choice(RATE_ESTIMATES), default="noise", show_default=True,
               help="The latents' rate term: uniform noise, or the rounded latents the coder codes "
                    "(straight-through; for fine-tuning a trained model).")
+@click.option("--parameter-arithmetic", type=click.Choice(PARAMETER_ARITHMETICS), default="exact", show_default=True,
+              help="How the coder of the exported model computes its entropy parameters: exact integer "
+                   "arithmetic (the same on every machine) or the float32 path of hp-v1..hp-v6. Training is "
+                   "the same either way.")
 @click.option("--seed", default=0, show_default=True)
 def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, latent_channels, context, lambda_min,
                   lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, init_from, rewarm,
-                  rate_estimate, seed):
+                  rate_estimate, parameter_arithmetic, seed):
     """Train a variable-rate model on the images in DATA (resumes from the run's checkpoint).
 
     A held-out split (about 1 image in 20, chosen by a hash of its path) is never
@@ -57,6 +62,6 @@ def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, l
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), max_minutes=max_minutes,
         export=export_path, init_from=init_from, rewarm=rewarm, rate_estimate=rate_estimate, seed=seed,
         model=ModelConfig(channels=channels, latent_channels=latent_channels, context=context,
-                          lambda_min=lambda_min, lambda_max=lambda_max),
+                          lambda_min=lambda_min, lambda_max=lambda_max, parameter_arithmetic=parameter_arithmetic),
     )
     Trainer(cfg).run()

@@ -5,11 +5,12 @@ from __future__ import annotations
 import click
 
 from ldcodec.codec.precision import PRECISIONS
+from ldcodec.codec.release import DEFAULT_MODEL_ID
 
 
 @click.command("train-diffusion")
 @click.argument("data", type=click.Path(exists=True, file_okay=False))
-@click.option("--base", default="hp-v6", show_default=True, help="Base model id or weights path (kept frozen).")
+@click.option("--base", default=DEFAULT_MODEL_ID, show_default=True, help="Base model id or weights path (kept frozen).")
 @click.option("--run", default=None, help="Run name: the checkpoint folder [<base>-diffusion].")
 @click.option("--steps", default=4000, show_default=True, help="Total optimizer steps (the lr schedule is laid over these).")
 @click.option("--batch", default=16, show_default=True)

@@ -6,8 +6,10 @@ section: the anchors with h_s(ẑ)'s parameters, then the rest with parameters t
 the context computes from the decoded anchors. A channel context
 (:mod:`ldcodec.codec.channel_context`) codes each of those passes slice by slice, each
 slice's parameters refined from the slices decoded before it. Every parameter goes
-through the fixed float32 path and is snapped (:mod:`ldcodec.codec.entropy_parameters`),
-so encoder and decoder feed the coder the same models whatever ran the transforms.
+through a reproducible path and is snapped, so encoder and decoder feed the coder the same
+models whatever ran the transforms: the fixed float32 path of :mod:`ldcodec.codec.entropy_parameters`
+for models up to hp-v6, exact integer arithmetic (:mod:`ldcodec.codec.exact_parameters`) for models
+whose config says ``parameter_arithmetic="exact"``.
 Encoder and decoder walk the passes with the same code (:meth:`LatentCoder._walk`).
 """
 
@@ -20,9 +22,14 @@ from typing import Callable
 import numpy as np
 
 from ldcodec.bitstream.entropy_coding import LatentSectionDecoder, encode_latent_passes
+import torch
+
 from ldcodec.codec.channel_context import slice_parameters
 from ldcodec.codec.checkerboard import anchor_mask
 from ldcodec.codec.entropy_parameters import (
+    MEAN_GRID,
+    SCALE_LEVELS,
+    SCALE_MAX,
     Y_SYMBOL_MAX,
     Y_SYMBOL_MIN,
     GaussianParameters,
@@ -30,7 +37,17 @@ from ldcodec.codec.entropy_parameters import (
     hyper_parameters,
     snap_parameters,
 )
-from ldcodec.codec.model import HyperpriorModel
+from ldcodec.codec.exact_parameters import (
+    ExactChannelContext,
+    ExactRefinement,
+    ExactSequential,
+    compact,
+    exact_path,
+    scale_thresholds,
+    snap_exact,
+    to_grid,
+)
+from ldcodec.codec.model import SCALE_LOWER_BOUND, HyperpriorModel
 
 #: ``code(params, start, stop, positions)``: codes (or decodes) the latents of channels
 #: ``start:stop`` at ``positions`` (boolean, the slice's shape) with ``params`` (the slice's),
@@ -46,13 +63,21 @@ class LatentCoder:
     """The entropy model of a model's latents, as the arithmetic coder sees it."""
 
     def __init__(self, model: HyperpriorModel):
-        # Float32, contiguous CPU copies: the transforms may live on a GPU or in channels_last.
-        def fixed(module):
-            return copy.deepcopy(module).cpu().float().eval() if module is not None else None
+        self.exact = model.config.parameter_arithmetic == "exact"
+        if self.exact:
+            self._hyper_synthesis = ExactSequential(model.h_s)
+            self._context = ExactRefinement(model.context_model) if model.context_model is not None else None
+            self._channel_context = (ExactChannelContext(model.channel_context)
+                                     if model.channel_context is not None else None)
+            self._thresholds = scale_thresholds(SCALE_LOWER_BOUND, SCALE_MAX, SCALE_LEVELS)
+        else:
+            # Float32, contiguous CPU copies: the transforms may live on a GPU or in channels_last.
+            def fixed(module):
+                return copy.deepcopy(module).cpu().float().eval() if module is not None else None
 
-        self._hyper_synthesis = fixed(model.h_s)
-        self._context = fixed(model.context_model)
-        self._channel_context = fixed(model.channel_context)
+            self._hyper_synthesis = fixed(model.h_s)
+            self._context = fixed(model.context_model)
+            self._channel_context = fixed(model.channel_context)
         m = model.config.latent_channels
         self._slices = self._channel_context.slices if self._channel_context is not None else [(0, m)]
 
@@ -83,18 +108,39 @@ class LatentCoder:
         section.finish()
         return y_hat
 
+    # The parameter arithmetic: float32 on the fixed path, or exact integers. ------------------
+    def _hyper(self, z_hat: np.ndarray) -> torch.Tensor:
+        """h_s(ẑ), unsnapped: (1, 2C, H, W)."""
+        if not self.exact:
+            return hyper_parameters(self._hyper_synthesis, z_hat)
+        with torch.inference_mode(), exact_path():
+            return compact(self._hyper_synthesis(to_grid(z_hat)[None]))
+
+    def _refined(self, context, params: torch.Tensor, decoded: np.ndarray) -> torch.Tensor:
+        """``context(params, decoded)``, unsnapped (see :func:`entropy_parameters.context_parameters`)."""
+        if not self.exact:
+            return context_parameters(context, params, decoded)
+        with torch.inference_mode(), exact_path():
+            return compact(context(params, to_grid(decoded)[None]))
+
+    def _snap(self, params: torch.Tensor) -> GaussianParameters:
+        if not self.exact:
+            return snap_parameters(params)
+        means, indexes = snap_exact(params, self._thresholds, MEAN_GRID)
+        return GaussianParameters(means=means, scale_indexes=indexes)
+
     def _walk(self, z_hat: np.ndarray, code: PassCoder) -> np.ndarray:
         """Every pass in the stream's order, each one's parameters from what is decoded before it: ŷ."""
-        hyper = hyper_parameters(self._hyper_synthesis, z_hat)
+        hyper = self._hyper(z_hat)
         channels, height, width = hyper.shape[1] // 2, hyper.shape[2], hyper.shape[3]
         y_hat = np.zeros((channels, height, width), dtype=np.float64)
         if self._context is None:
             everywhere = np.ones(y_hat.shape, dtype=bool)
-            y_hat[everywhere] = code(snap_parameters(hyper), 0, channels, everywhere)
+            y_hat[everywhere] = code(self._snap(hyper), 0, channels, everywhere)
             return y_hat
         anchors = self._anchor_positions(y_hat.shape)
         self._walk_pass(hyper, anchors, False, y_hat, code)
-        refined = context_parameters(self._context, hyper, y_hat)  # y_hat holds the anchors only
+        refined = self._refined(self._context, hyper, y_hat)  # y_hat holds the anchors only
         self._walk_pass(refined, ~anchors, True, y_hat, code)
         return y_hat
 
@@ -104,9 +150,9 @@ class LatentCoder:
             raw = slice_parameters(base, start, stop)
             if index > 0:
                 refine = partial(self._channel_context.refine, second_pass, index)
-                raw = context_parameters(refine, raw, y_hat[:start])
+                raw = self._refined(refine, raw, y_hat[:start])
             where = positions[start:stop]
-            y_hat[start:stop][where] = code(snap_parameters(raw), start, stop, where)
+            y_hat[start:stop][where] = code(self._snap(raw), start, stop, where)
 
     @staticmethod
     def _anchor_positions(shape: tuple[int, ...]) -> np.ndarray:

@@ -27,6 +27,8 @@ from ldcodec.codec.transforms import (
 
 #: Lower bound on the Gaussian scale, as in CompressAI.
 SCALE_LOWER_BOUND = 0.11
+#: The coder's arithmetic for the entropy parameters (see ``ModelConfig.parameter_arithmetic``).
+PARAMETER_ARITHMETICS = ("float32", "exact")
 
 #: How training estimates the latents' rate: "noise" (additive uniform noise, Ballé et al.)
 #: or "rounded" (the likelihood of the rounded latents the coder codes, straight-through;
@@ -48,16 +50,24 @@ class ModelConfig:
     #: (see :mod:`ldcodec.codec.checkerboard`) or "checkerboard-channel" (the checkerboard's
     #: passes coded slice by slice, :mod:`ldcodec.codec.channel_context`). Older weights files lack it: "none".
     context: str = "none"
+    #: How the coder computes the entropy parameters from the weights: "float32" on the fixed CPU
+    #: path (models up to hp-v6; older weights files lack the field) or "exact" integer
+    #: arithmetic, the same on every machine (:mod:`ldcodec.codec.exact_parameters`). Training is
+    #: the same either way.
+    parameter_arithmetic: str = "float32"
 
     def __post_init__(self):
         if self.context not in CONTEXT_MODES:
             raise ValueError(f"context must be one of {', '.join(CONTEXT_MODES)}, not {self.context!r}")
+        if self.parameter_arithmetic not in PARAMETER_ARITHMETICS:
+            raise ValueError(f"parameter_arithmetic must be one of {', '.join(PARAMETER_ARITHMETICS)}, "
+                             f"not {self.parameter_arithmetic!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def shape(self) -> tuple:
-        """The fields that fix the tensors (the λ range only shapes the training loss)."""
+        """The fields that fix the tensors (the λ range only shapes the training loss, the arithmetic the coder)."""
         return (self.channels, self.latent_channels, self.gain_levels, self.context)
 
     def rate_lambda(self, quality: torch.Tensor) -> torch.Tensor:

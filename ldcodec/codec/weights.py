@@ -21,10 +21,10 @@ from safetensors import safe_open
 
 from ldcodec.codec.entropy_parameters import hyper_prior_table
 from ldcodec.codec.model import HyperpriorModel, ModelConfig
+from ldcodec.codec.release import DEFAULT_MODEL_ID  # noqa: F401 (re-exported)
 from ldcodec.errors import ModelMismatchError
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-DEFAULT_MODEL_ID = "hp-v6"
 PRIOR_TABLE_KEY = "hyper_prior_table"
 # CompressAI's coder-table buffers: rebuilt or unused, never shipped.
 _SKIPPED_BUFFERS = ("_quantized_cdf", "_offset", "_cdf_length", "scale_table")

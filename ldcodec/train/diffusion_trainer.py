@@ -43,6 +43,7 @@ from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
 from ldcodec.codec.diffusion_weights import export_denoiser, load_denoiser
 from ldcodec.codec.entropy_parameters import MEAN_GRID
 from ldcodec.codec.latent_diffusion import matched_timestep, sample_latents, training_alphas_cumprod
+from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import load_weights
 from ldcodec.train.data import CropSampler, split_images
 from ldcodec.train.trainer import (
@@ -60,8 +61,8 @@ from ldcodec.train.trainer import (
 class DiffusionTrainConfig:
     data: str
     #: Base model id or weights path; it stays frozen.
-    base: str = "hp-v6"
-    run: str = "hp-v6-diffusion"
+    base: str = DEFAULT_MODEL_ID
+    run: str = f"{DEFAULT_MODEL_ID}-diffusion"
     steps: int = 4000
     batch: int = 16
     crop: int = 256

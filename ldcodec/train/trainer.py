@@ -25,6 +25,7 @@ from ldcodec.codec.allocator import keep_large_allocations
 from ldcodec.codec.checkerboard import CONTEXT_MODES
 from ldcodec.codec.model import HyperpriorModel, ModelConfig
 from ldcodec.codec.precision import resolve_precision
+from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import export_weights
 from ldcodec.train.data import CropSampler, split_images
 
@@ -34,7 +35,7 @@ DEFAULT_CHECKPOINT_DIR = Path(os.environ.get("LDCODEC_TRAIN_DIR", Path.home() / 
 @dataclass
 class TrainConfig:
     data: str
-    run: str = "hp-v6"
+    run: str = DEFAULT_MODEL_ID
     steps: int = 6000
     batch: int = 16
     crop: int = 128
@@ -185,9 +186,12 @@ class Trainer:
             saved = ModelConfig(**{**saved.to_dict(), "context": wanted})
         if saved.shape() != self.cfg.model.shape():
             raise SystemExit(f"{source} has model {saved}, not {self.cfg.model}")
-        if saved != self.cfg.model:
+        if (saved.lambda_min, saved.lambda_max) != (self.cfg.model.lambda_min, self.cfg.model.lambda_max):
             print(f"{source}: λ range {saved.lambda_min}..{saved.lambda_max} -> "
                   f"{self.cfg.model.lambda_min}..{self.cfg.model.lambda_max}", flush=True)
+        if saved.parameter_arithmetic != self.cfg.model.parameter_arithmetic:
+            print(f"{source}: parameter arithmetic {saved.parameter_arithmetic} -> "
+                  f"{self.cfg.model.parameter_arithmetic} (the coder's; training is the same)", flush=True)
 
     def _init_from_weights(self, path: str) -> None:
         """Start from exported weights (no optimizer state): resumes a run whose checkpoint was lost."""
