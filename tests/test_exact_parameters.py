@@ -159,3 +159,34 @@ def test_parameters_are_identical_across_threads_and_mkl_code_paths(tiny_exact_w
             assert out.returncode == 0, out.stderr[-2000:]
             digests[(branch, threads)] = out.stdout.strip().splitlines()[-1]
     assert len(set(digests.values())) == 1, digests
+
+
+@pytest.mark.parametrize("value", [64, -64])
+def test_extreme_hyper_latents_still_code_and_stay_in_range(tiny_exact_weights, value):
+    """A hostile stream's ẑ at the clamp limits: activations saturate at ±LIMIT, nothing overflows."""
+    coder = LatentCoder(load_weights(tiny_exact_weights).model)
+    z = np.full((16, 2, 3), value, dtype=np.int32)
+    hyper = coder._hyper(z)
+    assert hyper.dtype == torch.int32 and int(hyper.abs().max()) <= 2 * ep.LIMIT
+    y = np.random.default_rng(6).normal(0, 50, size=(24, 8, 12))
+    blob = coder.encode(y, z)
+    decoded = coder.decode(blob, z)
+    assert np.isfinite(decoded).all()
+
+
+def test_the_shipped_exact_model_writes_the_latent_section_it_always_wrote():
+    """hp-v7's section bytes, pinned at its release (session 13): the same on every machine, no MKL setting needed."""
+    import hashlib
+
+    from ldcodec.codec.weights import weights_path
+
+    if not weights_path("hp-v7").is_file():
+        pytest.fail("shipped weights hp-v7 are missing")
+    rng = np.random.default_rng(7)
+    z = rng.integers(-3, 4, size=(96, 3, 4)).astype(np.int32)
+    y = rng.normal(0, 4, size=(128, 12, 16))
+    coder = LatentCoder(load_weights("hp-v7").model)
+    assert coder.exact
+    blob = coder.encode(y, z)
+    assert hashlib.sha256(blob).hexdigest() == "d25271f50bed33570d14be15bb5925d7f732a2fa95a1b430db69c8ba890e9ba6"
+    assert np.abs(coder.decode(blob, z) - y).max() <= 0.5 + 1e-9
