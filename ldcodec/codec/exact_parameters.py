@@ -110,7 +110,11 @@ class ExactConv:
                                    self.groups, self.dilation)
         else:
             s = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
-        return s.add_(self.bias).mul_(self.unscale).round_().clamp_(-LIMIT, LIMIT)
+        return self.rescale(s)
+
+    def rescale(self, sums: torch.Tensor) -> torch.Tensor:
+        """Integer sums (in place) + bias, back to the activation grid: power-of-two scaling, round half to even."""
+        return sums.add_(self.bias).mul_(self.unscale).round_().clamp_(-LIMIT, LIMIT)
 
 
 class ExactCheckerboardConv:
@@ -154,7 +158,7 @@ class ExactCheckerboardConv:
         out = torch.zeros(x.shape[0], self.conv.weight.shape[0], *x.shape[2:], dtype=torch.float64)
         for (py, px), kernel in self.kernels.items():
             s = F.conv2d(phases, kernel, None, 1, self.pad)
-            out[:, :, py::2, px::2] = s.add_(self.conv.bias).mul_(self.conv.unscale).round_().clamp_(-LIMIT, LIMIT)
+            out[:, :, py::2, px::2] = self.conv.rescale(s)
         return out[:, :, :height, :width]
 
 
