@@ -127,7 +127,8 @@ def test_round_trip_and_closeness_to_the_float_model(tiny_exact_weights):
 
 def test_the_arithmetic_is_recorded_and_older_configs_default_to_float32():
     assert ModelConfig().parameter_arithmetic == "float32"
-    assert "parameter_arithmetic" not in json.loads(json.dumps({"channels": 8}))
+    older = json.loads('{"channels": 8, "latent_channels": 8, "gain_levels": 2}')  # a pre-hp-v7 config
+    assert ModelConfig(**older).parameter_arithmetic == "float32"
     with pytest.raises(ValueError, match="parameter_arithmetic"):
         ModelConfig(parameter_arithmetic="fp16")
     a, b = ModelConfig(parameter_arithmetic="exact"), ModelConfig()
