@@ -58,13 +58,15 @@ def tiny_channel_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_exact_weights(tmp_path_factory) -> Path:
-    """tiny-channel's network with the exact integer parameter arithmetic (as hp-v7 and later)."""
+    """tiny-channel's network with the exact integer parameter arithmetic and the tabulated symbol models
+    (as hp-v8 and later)."""
     from ldcodec.codec.model import HyperpriorModel, ModelConfig
     from ldcodec.codec.weights import export_weights
 
     torch.manual_seed(2)
     model = HyperpriorModel(ModelConfig(channels=16, latent_channels=24, gain_levels=4,
-                                        context="checkerboard-channel", parameter_arithmetic="exact"))
+                                        context="checkerboard-channel", parameter_arithmetic="exact",
+                                        symbol_model="tables-v1"))
     torch.nn.init.normal_(model.context_model.refine[-1].weight, std=0.2)
     for net in [*model.channel_context.anchor_nets, *model.channel_context.rest_nets]:
         torch.nn.init.normal_(net.refine[-1].weight, std=0.2)

@@ -86,9 +86,9 @@ def test_training_and_coder_views_of_the_parameters_agree(tiny_channel_weights):
         _, train_means = model.latent_parameters(torch.from_numpy(y).float()[None], torch.from_numpy(z).float()[None])
     coder_means = np.zeros_like(y)
 
-    def code(params, start, stop, positions):
-        coder_means[start:stop][positions] = params.means[positions]
-        return (np.round(y[start:stop] - params.means) + params.means)[positions]
+    def code(params, start, stop, positions):  # params: at positions, flattened
+        coder_means[start:stop][positions] = params.means
+        return np.round(y[start:stop][positions] - params.means) + params.means
 
     LatentCoder(model)._walk(z, code)
     # Equal up to the 1/64 snapping (and its small effect on the values the contexts see).

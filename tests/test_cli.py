@@ -46,9 +46,24 @@ def test_encode_info_decode(png, tmp_path, cli_env, tiny_weights):
     info = json.loads(r.stdout)
     assert (info["width"], info["height"], info["mode"]) == (45, 37, "RGB")
     assert info["bytes"] == ldc.stat().st_size
+    assert info["coder"] is None  # the tiny model is a file given by path, not an installed model
+    r = run(["info", ldc], cli_env)
+    assert b"coder    model not installed here" in r.stdout
     r = run(["decode", ldc, "-o", out, "--model", tiny_weights], cli_env)
     assert r.returncode == 0, r.stderr.decode()
     assert Image.open(out).size == (45, 37)
+
+
+def test_info_names_the_coder_of_an_installed_model(png, tmp_path, cli_env):
+    from ldcodec.codec.weights import default_model_id, installed_config
+
+    ldc = tmp_path / "a.ldc"
+    assert run(["encode", png, "-o", ldc, "--quality", "0.1"], cli_env).returncode == 0
+    config = installed_config(default_model_id())
+    info = json.loads(run(["info", ldc, "--json"], cli_env).stdout)
+    assert info["coder"] == {"context": config.context, "parameter_arithmetic": config.parameter_arithmetic,
+                             "symbol_model": config.symbol_model}
+    assert f"{config.symbol_model} symbols".encode() in run(["info", ldc], cli_env).stdout
 
 
 def test_stdin_and_stdout(png, cli_env, tiny_weights):

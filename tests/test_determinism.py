@@ -59,8 +59,8 @@ def hyper_spy(self, z_hat):  # the hyper-latents this process decoded
     digest().update(np.ascontiguousarray(z_hat, np.int32).tobytes())
     return _hyper(self, z_hat)
 
-def snap_spy(self, raw):  # every pass's entropy parameters this process feeds the coder
-    params = _snap(self, raw)
+def snap_spy(self, raw, where=None):  # every pass's entropy parameters this process feeds the coder
+    params = _snap(self, raw, where)
     digest().update(np.ascontiguousarray(params.means, np.float64).tobytes()
                     + np.ascontiguousarray(params.scale_indexes, np.int64).tobytes())
     captured["entropy"] = digest().hexdigest()

@@ -60,28 +60,45 @@ def test_a_layer_computes_exactly_what_integer_arithmetic_gives(transposed):
     assert np.array_equal(got[0].numpy().astype(np.int64), expected)
 
 
-@pytest.mark.parametrize("size", [(8, 10), (7, 9), (1, 1), (2, 5)])
-def test_the_checkerboard_convolution_equals_the_full_one_off_the_anchors(size):
+@pytest.mark.parametrize("size", [(8, 10), (7, 9), (1, 1), (2, 5), (21, 3)])
+@pytest.mark.parametrize("parity, known_parity", [(1, 0), (0, 0), (1, None), (0, None)])
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_a_refinement_at_one_parity_equals_the_whole_convolution_there(size, parity, known_parity, kernel,
+                                                                        monkeypatch):
+    """Gathered sums at the used positions (fewer taps where the input is zero) = the full network's there."""
     from ldcodec.codec.checkerboard import anchor_mask
+    from ldcodec.codec.channel_context import SliceRefinement
 
+    monkeypatch.setattr(ep.ExactRefinement, "BAND_ELEMENTS", 1)  # one row a band: odd and even starts
     torch.manual_seed(1)
-    full = ep.ExactConv(nn.Conv2d(6, 5, 5, padding=2))
-    phased = ep.ExactCheckerboardConv(full)
-    mask = anchor_mask(*size, dtype=torch.float64)
-    x = torch.round(torch.randn(1, 6, *size, dtype=torch.float64) * 2 ** 20) * mask
-    a, b = full(x), phased(x)
-    assert torch.equal(a * (1 - mask), b)
+    module = SliceRefinement(6, 3)
+    module.context = nn.Conv2d(6, 6, kernel, padding=kernel // 2)
+    nn.init.normal_(module.refine[-1].weight)  # (zero-initialised in a fresh model)
+    exact = ep.ExactRefinement(module, parity, known_parity)
+    base = torch.round(torch.randn(1, 6, *size, dtype=torch.float64) * 2 ** 18).to(torch.int32)
+    known = torch.round(torch.randn(1, 6, *size, dtype=torch.float64) * 2 ** 20)
+    if known_parity is not None:
+        mask = anchor_mask(*size, dtype=torch.float64)
+        known = known * (mask if known_parity == 0 else 1 - mask)
+    whole = ep.ExactSequential(module.refine)
+    b = base.to(torch.float64)
+    expected = whole(torch.cat([b, ep.ExactConv(module.context)(known)], dim=1)).add_(b).to(torch.int32)
+    got = exact(base, known)
+    used = ((torch.arange(size[0])[:, None] + torch.arange(size[1])[None, :]) % 2 == parity).expand(1, 6, *size)
+    assert torch.equal(got[used], expected[used])
+    assert torch.equal(got[~used], base[~used])  # untouched where no pass reads it
 
 
 def test_bands_give_the_same_integers_as_the_whole(tiny_exact_weights, monkeypatch):
     model = load_weights(tiny_exact_weights).model
     coder = LatentCoder(model)
     rng = np.random.default_rng(5)
-    z = rng.integers(-4, 5, size=(16, 9, 5)).astype(np.int32)  # 36 latent rows: bands of 16, 16, 4
+    z = rng.integers(-4, 5, size=(16, 9, 5)).astype(np.int32)  # 36 latent rows
     y = rng.normal(0, 3, size=(24, 36, 20))
-    banded = coder.encode(y, z)
-    monkeypatch.setattr(ep.ExactRefinement, "BAND_ROWS", 10 ** 6)
-    assert coder.encode(y, z) == banded
+    whole = coder.encode(y, z)
+    for elements in (1, 3000, 20000):  # bands of 1 row, and of a few rows (uneven last band)
+        monkeypatch.setattr(ep.ExactRefinement, "BAND_ELEMENTS", elements)
+        assert coder.encode(y, z) == whole, elements
 
 
 def test_weights_keep_their_precision_and_sums_stay_exact():

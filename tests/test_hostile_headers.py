@@ -152,16 +152,22 @@ def test_a_large_flat_image_compresses_to_little_and_still_decodes(tiny_codec):
     assert tiny_codec.decode(blob).size == (768, 512)
 
 
-def test_latent_size_bound_is_a_lower_bound_for_constriction():
+@pytest.mark.parametrize("name", ["quantized-gaussian", "tables-v1"])
+def test_latent_size_bound_is_a_lower_bound_for_constriction(name):
     """The bound assumes each symbol costs >= -log2(p_max) bits; check it against the installed
-    constriction for every scale level, with the cheapest possible message (all zeros)."""
+    constriction for every scale level and symbol model, with the cheapest possible message (all zeros)."""
+    from ldcodec.bitstream.symbol_models import symbol_models
+
+    models = symbol_models(name)
+    bound = entropy_coding.latent_min_bits(models)
     n = 20_000
     for level in range(SCALE_LEVELS):
-        model = constriction.stream.model.QuantizedGaussian(Y_SYMBOL_MIN, Y_SYMBOL_MAX, 0.0, float(SCALE_TABLE[level]))
         enc = constriction.stream.queue.RangeEncoder()
-        enc.encode(np.zeros(n, np.int32), model)
+        enc.encode(np.full(n, -models.offset, np.int32), models.model(level))
         words = len(enc.get_compressed())
-        assert 32 * words >= n * entropy_coding._LATENT_MIN_BITS[level], level
+        assert 32 * words >= n * bound[level], level
+    if name == "quantized-gaussian":
+        assert np.array_equal(bound, entropy_coding._LATENT_MIN_BITS)
 
 
 def test_hyper_latent_size_bound_is_a_lower_bound_for_constriction():

@@ -1,25 +1,25 @@
 """Arithmetic coding of the quantized symbols with constriction's range coder.
 
 The hyper-latents use one categorical model per channel (the table shipped in
-the weights); the latents use quantized Gaussians whose scale is one of the 64
-entries of the scale table. Latent symbols are grouped by scale index so each
+the weights); the latents use one model per entry of the 64-level scale table,
+a quantized Gaussian or its tabulated twin (:mod:`ldcodec.bitstream.symbol_models`,
+named by the model's config). Latent symbols are grouped by scale index so each
 group is coded with one concrete model — fast, and the decoder, which knows the
 indexes, visits the groups in the same order.
 """
 
 from __future__ import annotations
 
-import math
 
 import constriction
 import numpy as np
 
+from ldcodec.bitstream.symbol_models import QuantizedGaussianSymbols
 from ldcodec.codec.entropy_parameters import SCALE_TABLE, Y_SYMBOL_MAX, Y_SYMBOL_MIN
 from ldcodec.errors import BitstreamError
 
 # constriction's submodules are attributes of the extension module, not importable paths.
 Categorical = constriction.stream.model.Categorical
-QuantizedGaussian = constriction.stream.model.QuantizedGaussian
 RangeEncoder = constriction.stream.queue.RangeEncoder
 RangeDecoder = constriction.stream.queue.RangeDecoder
 
@@ -63,9 +63,17 @@ def _min_bits(p_max: np.ndarray, alphabet: int) -> np.ndarray:
     return -np.log2(np.minimum(cap, np.asarray(p_max, dtype=np.float64) + 2.0 ** -20))
 
 
-#: Fewest bits of one latent symbol, per scale level: QuantizedGaussian(0, σ) is most probable at 0.
-_LATENT_MIN_BITS = _min_bits(np.array([math.erf(0.5 / (float(s) * math.sqrt(2.0))) for s in SCALE_TABLE]),
-                             _LATENT_ALPHABET)
+#: The symbol models of hp-v1 … hp-v7 (the default where a caller names none).
+GAUSSIAN_SYMBOLS = QuantizedGaussianSymbols()
+
+
+def latent_min_bits(symbols) -> np.ndarray:
+    """Fewest bits of one latent symbol, per scale level, under ``symbols``' models."""
+    return _min_bits(symbols.max_probabilities, _LATENT_ALPHABET)
+
+
+#: Fewest bits of one latent symbol, per scale level, under the quantized Gaussians.
+_LATENT_MIN_BITS = latent_min_bits(GAUSSIAN_SYMBOLS)
 
 
 def _check_room(data: bytes, min_bits: float, what: str) -> None:
@@ -117,32 +125,35 @@ def decode_hyper_latents(data: bytes, table: np.ndarray, shape: tuple[int, int, 
     return out.reshape(shape)
 
 
-def _groups(scale_indexes: np.ndarray):
+def _groups(scale_indexes: np.ndarray, symbols):
     flat = scale_indexes.ravel()
     order = np.argsort(flat, kind="stable")
     counts = np.bincount(flat, minlength=len(SCALE_TABLE))
     start = 0
     for level, count in enumerate(counts):
         if count:
-            yield order[start : start + count], QuantizedGaussian(Y_SYMBOL_MIN, Y_SYMBOL_MAX, 0.0, float(SCALE_TABLE[level]))
+            yield order[start : start + count], symbols.model(level)
             start += count
 
 
-def encode_latents(symbols: np.ndarray, scale_indexes: np.ndarray) -> bytes:
+def encode_latents(symbols: np.ndarray, scale_indexes: np.ndarray, models=GAUSSIAN_SYMBOLS) -> bytes:
     """``symbols``: ints in [Y_SYMBOL_MIN, Y_SYMBOL_MAX], same shape as ``scale_indexes``."""
-    return encode_latent_passes([(symbols, scale_indexes)])
+    return encode_latent_passes([(symbols, scale_indexes)], models)
 
 
-def encode_latent_passes(passes: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
+def encode_latent_passes(passes: list[tuple[np.ndarray, np.ndarray]], models=GAUSSIAN_SYMBOLS) -> bytes:
     """Several (symbols, scale indexes) passes, one after the other, in one range-coded section.
 
     A two-pass (checkerboard) model needs the first pass decoded before it knows the
     second pass's scales; :class:`LatentSectionDecoder` reads the passes in this order.
+    ``models``: the symbol models (:mod:`ldcodec.bitstream.symbol_models`).
     """
     encoder = RangeEncoder()
     for symbols, scale_indexes in passes:
         flat = np.ascontiguousarray(symbols.ravel(), dtype=np.int32)
-        for positions, model in _groups(scale_indexes):
+        if models.offset:
+            flat = flat - np.int32(models.offset)
+        for positions, model in _groups(scale_indexes, models):
             encoder.encode(flat[positions], model)
     return _to_bytes(encoder)
 
@@ -155,30 +166,34 @@ class LatentSectionDecoder:
     past its end.
     """
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: bytes, models=GAUSSIAN_SYMBOLS):
         self._data = data
         self._decoder = _decoder(data, "latent")
+        self._models = models
+        self._level_bits = _LATENT_MIN_BITS if models is GAUSSIAN_SYMBOLS else latent_min_bits(models)
         self._min_bits = 0.0
 
     def decode(self, scale_indexes: np.ndarray) -> np.ndarray:
         counts = np.bincount(scale_indexes.ravel(), minlength=len(SCALE_TABLE))
-        self._min_bits += float(counts @ _LATENT_MIN_BITS)
+        self._min_bits += float(counts @ self._level_bits)
         _check_room(self._data, self._min_bits, "latent")
         out = np.empty(scale_indexes.size, dtype=np.int32)
         try:
-            for positions, model in _groups(scale_indexes):
+            for positions, model in _groups(scale_indexes, self._models):
                 out[positions] = self._decoder.decode(model, len(positions))
         except Exception as exc:
             raise BitstreamError(f"corrupt stream: latents do not decode ({exc})") from None
+        if self._models.offset:
+            out += np.int32(self._models.offset)
         return out.reshape(scale_indexes.shape)
 
     def finish(self) -> None:
         _check_consumed(self._decoder, "latent")
 
 
-def decode_latents(data: bytes, scale_indexes: np.ndarray) -> np.ndarray:
+def decode_latents(data: bytes, scale_indexes: np.ndarray, models=GAUSSIAN_SYMBOLS) -> np.ndarray:
     """The inverse of :func:`encode_latents` (one pass)."""
-    decoder = LatentSectionDecoder(data)
+    decoder = LatentSectionDecoder(data, models)
     out = decoder.decode(scale_indexes)
     decoder.finish()
     return out

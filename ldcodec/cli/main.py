@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 import warnings
@@ -231,13 +232,21 @@ def info_command(input_path, as_json):
     """Describe the .ldc stream IN: size, model, rate, sections (all CRCs checked)."""
     from ldcodec.codec.image_codec import stream_info
 
+    from ldcodec.codec.weights import installed_config
+
     info = stream_info(read_input_bytes(input_path))
+    config = installed_config(info.model_id) if re.fullmatch(r"[A-Za-z0-9._-]+", info.model_id) else None
+    coder = (None if config is None else {"context": config.context, "parameter_arithmetic": config.parameter_arithmetic,
+                                          "symbol_model": config.symbol_model})
     if as_json:
-        click.echo(json.dumps(info.to_dict(), indent=2))
+        click.echo(json.dumps({**info.to_dict(), "coder": coder}, indent=2))
         return
     click.echo(f"{input_path}: ldcodec stream, format version {info.format_version}")
     click.echo(f"  image    {info.width}x{info.height} {info.mode}")
     click.echo(f"  model    {info.model_id} (weights {info.weights_hash})")
+    click.echo("  coder    " + ("model not installed here" if coder is None else
+                              f"context {coder['context']}, {coder['parameter_arithmetic']} parameters, "
+                              f"{coder['symbol_model']} symbols"))
     click.echo(f"  quality  {info.quality:.4f}")
     click.echo(f"  size     {info.bytes} bytes, {info.bpp:.4f} bpp")
     for name, size in info.sections.items():

@@ -112,54 +112,71 @@ class ExactConv:
             s = F.conv2d(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
         return self.rescale(s)
 
-    def rescale(self, sums: torch.Tensor) -> torch.Tensor:
-        """Integer sums (in place) + bias, back to the activation grid: power-of-two scaling, round half to even."""
-        return sums.add_(self.bias).mul_(self.unscale).round_().clamp_(-LIMIT, LIMIT)
+    def rescale(self, sums: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """Integer sums (in place) + bias, back to the activation grid: power-of-two scaling, round half to even.
+
+        ``sums``: (B, C, H, W), or (N, C) with ``channels_last`` (one row per position).
+        """
+        shape = (-1,) if channels_last else (1, -1, 1, 1)
+        return sums.add_(self.bias.view(shape)).mul_(self.unscale.view(shape)).round_().clamp_(-LIMIT, LIMIT)
+
+    def on_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """A 1×1 convolution on (N, in) rows, one per position -> (N, out): the same sums as a matrix product.
+
+        ``x`` must be within ±LIMIT already (the caller's clamp; a chain of these keeps it so).
+        """
+        if self.transposed or self.weight.shape[2:] != (1, 1) or self.groups != 1:
+            raise TypeError("only a plain 1x1 convolution runs on rows")
+        if not hasattr(self, "_row_matrix"):
+            self._row_matrix = self.weight[:, :, 0, 0].t().contiguous()
+        return self.rescale(x @ self._row_matrix, channels_last=True)
 
 
-class ExactCheckerboardConv:
-    """The checkerboard context's convolution, computed only where it is used: 2.8x fewer products.
+def _taps(radius: int, parity: int, known_parity: int | None) -> list[tuple[int, int]]:
+    """Offsets (dy, dx) of a (2r+1)² kernel that reach a possibly nonzero input from an output of ``parity``.
 
-    Its input is zero off the anchors ((row + column) even) and its output is used only off them
-    (the non-anchors' parameters; :class:`ldcodec.codec.checkerboard.CheckerboardContext`). Split
-    into 2×2 phases, each non-anchor phase of the output is a small convolution of the two anchor
-    phases, with the taps that land on them; off the anchors this sums the same integer products as
-    the full convolution, so it gives the same bits. At the anchors it gives 0 (never used).
+    Parity is that of row + column. ``known_parity`` None: the input is dense, every tap counts; else
+    the input is zero off that parity, and only the taps with (parity + dy + dx) of its parity reach it.
+    """
+    return [(dy, dx) for dy in range(-radius, radius + 1) for dx in range(-radius, radius + 1)
+            if known_parity is None or (parity + dy + dx) % 2 == known_parity]
+
+
+class ExactContextConv:
+    """A refinement's context convolution, computed only where its output is used.
+
+    A checkerboard pass uses the parameters of half the positions (one parity of row + column),
+    and its context input is often zero on the other half (only the anchors are decoded). So the
+    sums are gathered (im2col) at the used positions from the taps that can see a nonzero input, and
+    formed by one matrix product: 2x to 4x fewer products than the whole convolution. They are the
+    same integer sums, so the same bits.
     """
 
-    ANCHOR_PHASES = ((0, 0), (1, 1))
-    OUTPUT_PHASES = ((0, 1), (1, 0))
-
-    def __init__(self, conv: ExactConv):
+    def __init__(self, conv: ExactConv, parity: int, known_parity: int | None):
         if conv.transposed or conv.groups != 1 or tuple(conv.stride) != (1, 1) or tuple(conv.dilation) != (1, 1):
-            raise TypeError("the checkerboard convolution must be a plain stride-1 convolution")
+            raise TypeError("a context convolution must be a plain stride-1 convolution")
         out_channels, in_channels, kh, kw = conv.weight.shape
-        r = kh // 2
-        if kh != kw or kh % 2 == 0 or tuple(conv.padding) != (r, r):
-            raise TypeError("the checkerboard convolution must be square, odd and 'same'-padded")
+        self.radius = kh // 2
+        if kh != kw or kh % 2 == 0 or tuple(conv.padding) != (self.radius, self.radius):
+            raise TypeError("a context convolution must be square, odd and 'same'-padded")
         self.conv = conv
-        self.pad = (r + 1) // 2  # phase offsets run from -pad to +pad
-        size = 2 * self.pad + 1
-        self.kernels = {}
-        for py, px in self.OUTPUT_PHASES:
-            kernel = torch.zeros(out_channels, 2 * in_channels, size, size, dtype=torch.float64)
-            for n, (qy, qx) in enumerate(self.ANCHOR_PHASES):
-                for dy in range(-r, r + 1):
-                    for dx in range(-r, r + 1):
-                        if (py + dy) % 2 == qy and (px + dx) % 2 == qx:
-                            kernel[:, n * in_channels:(n + 1) * in_channels,
-                                   (py + dy) // 2 + self.pad, (px + dx) // 2 + self.pad] = conv.weight[:, :, dy + r, dx + r]
-            self.kernels[(py, px)] = kernel
+        self.taps = _taps(self.radius, parity, known_parity)
+        r = self.radius
+        # (out, in, kh, kw) -> rows (tap, in), columns out: matches the gathered (N, tap·in) rows
+        self.matrix = torch.stack([conv.weight[:, :, dy + r, dx + r] for dy, dx in self.taps], dim=1).reshape(
+            out_channels, len(self.taps) * in_channels).t().contiguous()
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[2:]
-        x = F.pad(_clamped(x), (0, width % 2, 0, height % 2))  # even sides; zeros as before
-        phases = torch.cat([x[:, :, qy::2, qx::2] for qy, qx in self.ANCHOR_PHASES], dim=1)
-        out = torch.zeros(x.shape[0], self.conv.weight.shape[0], *x.shape[2:], dtype=torch.float64)
-        for (py, px), kernel in self.kernels.items():
-            s = F.conv2d(phases, kernel, None, 1, self.pad)
-            out[:, :, py::2, px::2] = self.conv.rescale(s)
-        return out[:, :, :height, :width]
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """``x`` (C, R, W) on the grid, zero beyond its edges; outputs at (``rows``, ``cols``): (N, out)."""
+        r = self.radius
+        channels, _, width = x.shape
+        # one row of channels per position: the gather below then copies contiguous rows
+        padded = F.pad(_clamped(x), (r, r, r, r)).permute(1, 2, 0).reshape(-1, channels)
+        stride = width + 2 * r
+        offsets = torch.tensor([dy * stride + dx for dy, dx in self.taps])
+        centres = (rows + r) * stride + cols + r
+        columns = padded.index_select(0, (centres[:, None] + offsets[None, :]).reshape(-1))
+        return self.conv.rescale(columns.view(len(centres), -1) @ self.matrix, channels_last=True)
 
 
 class ExactLeakyReLU:
@@ -187,32 +204,50 @@ class ExactSequential:
 
 
 class ExactRefinement:
-    """``base + refine(cat(base, context(known)))``: the checkerboard context and each channel slice's.
+    """``base + refine(cat(base, context(known)))`` at the positions of one parity: the checkerboard context and
+    each channel slice's.
 
-    Computed in bands of :attr:`BAND_ROWS` rows (each with the rows its convolution reaches), so
-    that a large image's float64 temporaries stay small; sums being exact, the bands give the same
-    integers as the whole. The result is int32 (:func:`compact`).
+    ``parity``: the positions (row + column parity) whose parameters the pass codes; ``known_parity``: where
+    ``known`` may be nonzero (None: everywhere). Elsewhere the result keeps ``base``'s values, which no pass
+    uses. Computed in bands of rows whose gathered float64 temporaries hold at most :attr:`BAND_ELEMENTS`
+    values, so that a large image's memory stays small; sums being exact, the bands give the same integers
+    as the whole. The result is int32 (:func:`compact`).
     """
 
-    #: Latent rows per band (even, so that the checkerboard phases stay aligned).
-    BAND_ROWS = 16
+    #: Most float64 values of one band's gathered context inputs (32 MB); a 768×512 image is one band.
+    BAND_ELEMENTS = 2 ** 22
 
-    def __init__(self, module: CheckerboardContext | SliceRefinement):
-        context = ExactConv(module.context)
-        radius = context.weight.shape[2] // 2
-        self.halo = radius + radius % 2  # even, at least the convolution's reach
-        self.context = ExactCheckerboardConv(context) if isinstance(module, CheckerboardContext) else context
-        self.refine = ExactSequential(module.refine)
+    def __init__(self, module: CheckerboardContext | SliceRefinement, parity: int, known_parity: int | None):
+        self.parity = parity
+        self.context = ExactContextConv(ExactConv(module.context), parity, known_parity)
+        # (N, channels) rows within ±LIMIT in, and out: each 1×1 layer's output is clamped by its rescale
+        self.refine = [layer.on_rows if isinstance(layer, ExactConv) else layer
+                       for layer in ExactSequential(module.refine).layers]
 
     def __call__(self, base: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
-        height = base.shape[2]
-        out = torch.empty(base.shape, dtype=torch.int32)
-        for top in range(0, height, self.BAND_ROWS):
-            bottom = min(height, top + self.BAND_ROWS)
-            first, last = max(0, top - self.halo), min(height, bottom + self.halo)
-            band = base[:, :, first:last].to(torch.float64)
-            band = self.refine(torch.cat([band, self.context(known[:, :, first:last])], dim=1)).add_(band)
-            out[:, :, top:bottom] = band[:, :, top - first:bottom - first]
+        if base.shape[0] != 1:
+            raise ValueError("the entropy parameters are computed one image at a time")
+        _, channels, height, width = base.shape
+        out = base.to(torch.int32, copy=True)
+        flat_out, flat_base = out.view(channels, -1), base.reshape(channels, -1)
+        reach = self.context.radius
+        per_row = max(1, (width + 1) // 2) * self.context.matrix.shape[0]
+        band_rows = max(1, self.BAND_ELEMENTS // per_row)
+        for top in range(0, height, band_rows):
+            bottom = min(height, top + band_rows)
+            first, last = max(0, top - reach), min(height, bottom + reach)
+            rows = torch.arange(top, bottom)[:, None].expand(-1, width)
+            cols = torch.arange(width)[None, :].expand(bottom - top, -1)
+            used = (rows + cols) % 2 == self.parity
+            rows, cols = rows[used], cols[used]
+            if rows.numel() == 0:
+                continue
+            where = rows * width + cols
+            params = flat_base.index_select(1, where).t().to(torch.float64)  # (N, channels); may reach 2·LIMIT
+            x = torch.cat([_clamped(params), self.context(known[0, :, first:last], rows - first, cols)], dim=1)
+            for layer in self.refine:
+                x = layer(x)
+            flat_out[:, where] = x.add_(params).t().to(torch.int32)
         return out
 
 
@@ -223,8 +258,8 @@ def exact_layer(layer: nn.Module):
         return ExactLeakyReLU(layer)
     if isinstance(layer, nn.Sequential):
         return ExactSequential(layer)
-    if isinstance(layer, (CheckerboardContext, SliceRefinement)):
-        return ExactRefinement(layer)
+    if isinstance(layer, CheckerboardContext):  # anchors known, the non-anchors' parameters wanted
+        return ExactRefinement(layer, parity=1, known_parity=0)
     raise TypeError(f"no exact-arithmetic version of {type(layer).__name__}")
 
 
@@ -259,12 +294,19 @@ def compact(params: torch.Tensor) -> torch.Tensor:
     return params.to(torch.int32)
 
 
-def snap_exact(params: torch.Tensor, thresholds: np.ndarray, mean_grid: int) -> tuple[np.ndarray, np.ndarray]:
-    """(1, 2C, H, W) integer-unit (scales, means) -> (means on the 1/mean_grid grid, scale indexes)."""
-    scales, means = params[0].to(torch.float64).chunk(2, 0)
+def snap_exact(params: torch.Tensor, thresholds: np.ndarray, mean_grid: int,
+               where: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(1, 2C, H, W) integer-unit (scales, means) -> (means on the 1/mean_grid grid, scale indexes).
+
+    ``where`` (boolean C×H×W): only those positions, flattened in C order (default: all, C×H×W).
+    """
+    scales, means = np.split(params[0].numpy(), 2)
+    if where is not None:
+        scales, means = scales[where], means[where]
     grid_bits = int(math.log2(mean_grid))
-    snapped = torch.round(means * 2.0 ** (grid_bits - ACTIVATION_BITS)).numpy() / mean_grid
-    indexes = torch.bucketize(scales.abs(), torch.from_numpy(thresholds), right=True).numpy()
+    snapped = np.round(means.astype(np.float64) * 2.0 ** (grid_bits - ACTIVATION_BITS)) / mean_grid
+    # bucketize: index i where thresholds[i-1] <= |scale| < thresholds[i] (exact comparisons)
+    indexes = np.searchsorted(thresholds, np.abs(scales.astype(np.float64)), side="right")
     return snapped, indexes
 
 
@@ -278,8 +320,9 @@ class ExactChannelContext:
 
     def __init__(self, module: ChannelContext):
         self.slices = module.slices
-        self.anchor_nets = [ExactRefinement(net) for net in module.anchor_nets]
-        self.rest_nets = [ExactRefinement(net) for net in module.rest_nets]
+        # anchor pass: the earlier slices' anchors are known; non-anchor pass: the earlier slices whole
+        self.anchor_nets = [ExactRefinement(net, parity=0, known_parity=0) for net in module.anchor_nets]
+        self.rest_nets = [ExactRefinement(net, parity=1, known_parity=None) for net in module.rest_nets]
 
     def refine(self, second_pass: bool, index: int, params: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
         return (self.rest_nets if second_pass else self.anchor_nets)[index - 1](params, known)

@@ -26,7 +26,7 @@ from ldcodec.codec.latent_coding import LatentCoder
 from ldcodec.codec.tiling import DEFAULT_TILE, analyse_tiled, synthesise_tiled
 from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
 from ldcodec.codec.precision import resolve_precision
-from ldcodec.codec.transforms import HYPER_STRIDE
+from ldcodec.codec.transforms import HYPER_STRIDE, freeze_gdn, synthesis_transform
 from ldcodec.codec.weights import LoadedWeights, load_weights
 from ldcodec.errors import BitstreamError, InputImageError, LdcodecError, ModelMismatchError, NoDiffusionDecoderError
 
@@ -101,6 +101,7 @@ class ImageCodec:
         # The image transforms run channels_last: oneDNN's fastest CPU kernels, and the
         # ones whose results do not depend on the thread count (docs/robustness.md).
         for transform in (self.model.g_a, self.model.g_s):
+            freeze_gdn(transform)
             transform.to(memory_format=torch.channels_last)
         self._prior_table = weights.prior_table.cpu().numpy()
         self._latent_channels = weights.model.config.latent_channels
@@ -122,12 +123,15 @@ class ImageCodec:
                 raise NoDiffusionDecoderError(f"no diffusion decoder for model {self.model_id!r}; use steps=0")
             from ldcodec.codec.diffusion_weights import load_denoiser
 
+            # a fresh g_s as the template of the file's fine-tuned one (the codec's own has frozen GDNs)
+            template = synthesis_transform(self.weights.model.config.channels, self._latent_channels)
             loaded = load_denoiser(self.diffusion_path, self.weights.sha256, self._latent_channels,
-                                   base_synthesis=self.model.g_s)
+                                   base_synthesis=template)
             self._denoiser = loaded.denoiser.to(self.device).float().eval()
             self._denoiser.to(memory_format=torch.channels_last)  # ~7 % faster UNet steps on CPU
             if loaded.synthesis is not None:
                 self._diffusion_synthesis = loaded.synthesis.to(self.device).eval()
+                freeze_gdn(self._diffusion_synthesis)
                 self._diffusion_synthesis.to(memory_format=torch.channels_last)
         return self._denoiser
 

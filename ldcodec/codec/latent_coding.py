@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from ldcodec.bitstream.entropy_coding import LatentSectionDecoder, encode_latent_passes
+from ldcodec.bitstream.symbol_models import symbol_models
 import torch
 
 from ldcodec.codec.channel_context import slice_parameters
@@ -50,8 +51,8 @@ from ldcodec.codec.exact_parameters import (
 from ldcodec.codec.model import SCALE_LOWER_BOUND, HyperpriorModel
 
 #: ``code(params, start, stop, positions)``: codes (or decodes) the latents of channels
-#: ``start:stop`` at ``positions`` (boolean, the slice's shape) with ``params`` (the slice's),
-#: and returns their dequantized values ŷ at those positions.
+#: ``start:stop`` at ``positions`` (boolean, the slice's shape) with ``params`` (theirs, flattened
+#: in C order), and returns their dequantized values ŷ in that order.
 PassCoder = Callable[[GaussianParameters, int, int, np.ndarray], np.ndarray]
 
 
@@ -66,7 +67,9 @@ class LatentCoder:
         self.exact = model.config.parameter_arithmetic == "exact"
         if self.exact:
             self._hyper_synthesis = ExactSequential(model.h_s)
-            self._context = ExactRefinement(model.context_model) if model.context_model is not None else None
+            # the checkerboard context: anchors (parity 0) known, the non-anchors' (parity 1) parameters wanted
+            self._context = (ExactRefinement(model.context_model, parity=1, known_parity=0)
+                             if model.context_model is not None else None)
             self._channel_context = (ExactChannelContext(model.channel_context)
                                      if model.channel_context is not None else None)
             self._thresholds = scale_thresholds(SCALE_LOWER_BOUND, SCALE_MAX, SCALE_LEVELS)
@@ -78,6 +81,7 @@ class LatentCoder:
             self._hyper_synthesis = fixed(model.h_s)
             self._context = fixed(model.context_model)
             self._channel_context = fixed(model.channel_context)
+        self._symbols = symbol_models(model.config.symbol_model)
         m = model.config.latent_channels
         self._slices = self._channel_context.slices if self._channel_context is not None else [(0, m)]
 
@@ -90,19 +94,19 @@ class LatentCoder:
         passes = []
 
         def code(params: GaussianParameters, start: int, stop: int, positions: np.ndarray) -> np.ndarray:
-            symbols = _symbols(y_g[start:stop], params)
-            passes.append((symbols[positions], params.scale_indexes[positions]))
-            return (symbols + params.means)[positions]
+            symbols = _symbols(y_g[start:stop][positions], params)
+            passes.append((symbols, params.scale_indexes))
+            return symbols + params.means
 
         self._walk(z_hat, code)
-        return encode_latent_passes(passes)
+        return encode_latent_passes(passes, self._symbols)
 
     def decode(self, data: bytes, z_hat: np.ndarray) -> np.ndarray:
         """The dequantized gained latents ŷ (float64, C×H×W, the shape h_s(ẑ) gives) of a latent section."""
-        section = LatentSectionDecoder(data)
+        section = LatentSectionDecoder(data, self._symbols)
 
         def code(params: GaussianParameters, start: int, stop: int, positions: np.ndarray) -> np.ndarray:
-            return section.decode(params.scale_indexes[positions]) + params.means[positions]
+            return section.decode(params.scale_indexes) + params.means
 
         y_hat = self._walk(z_hat, code)
         section.finish()
@@ -123,10 +127,14 @@ class LatentCoder:
         with torch.inference_mode(), exact_path():
             return compact(context(params, to_grid(decoded)[None]))
 
-    def _snap(self, params: torch.Tensor) -> GaussianParameters:
+    def _snap(self, params: torch.Tensor, where: np.ndarray | None = None) -> GaussianParameters:
+        """Snapped parameters at ``where`` (boolean, C×H×W), flattened in C order; all of them (C×H×W) if None."""
         if not self.exact:
-            return snap_parameters(params)
-        means, indexes = snap_exact(params, self._thresholds, MEAN_GRID)
+            snapped = snap_parameters(params)
+            if where is None:
+                return snapped
+            return GaussianParameters(means=snapped.means[where], scale_indexes=snapped.scale_indexes[where])
+        means, indexes = snap_exact(params, self._thresholds, MEAN_GRID, where)
         return GaussianParameters(means=means, scale_indexes=indexes)
 
     def _walk(self, z_hat: np.ndarray, code: PassCoder) -> np.ndarray:
@@ -136,7 +144,7 @@ class LatentCoder:
         y_hat = np.zeros((channels, height, width), dtype=np.float64)
         if self._context is None:
             everywhere = np.ones(y_hat.shape, dtype=bool)
-            y_hat[everywhere] = code(self._snap(hyper), 0, channels, everywhere)
+            y_hat[everywhere] = code(self._snap(hyper, everywhere), 0, channels, everywhere)
             return y_hat
         anchors = self._anchor_positions(y_hat.shape)
         self._walk_pass(hyper, anchors, False, y_hat, code)
@@ -152,7 +160,7 @@ class LatentCoder:
                 refine = partial(self._channel_context.refine, second_pass, index)
                 raw = self._refined(refine, raw, y_hat[:start])
             where = positions[start:stop]
-            y_hat[start:stop][where] = code(self._snap(raw), start, stop, where)
+            y_hat[start:stop][where] = code(self._snap(raw, where), start, stop, where)
 
     @staticmethod
     def _anchor_positions(shape: tuple[int, ...]) -> np.ndarray:

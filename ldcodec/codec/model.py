@@ -30,6 +30,9 @@ SCALE_LOWER_BOUND = 0.11
 #: The coder's arithmetic for the entropy parameters (see ``ModelConfig.parameter_arithmetic``).
 PARAMETER_ARITHMETICS = ("float32", "exact")
 
+#: How the coder models a latent symbol given its scale (:mod:`ldcodec.bitstream.symbol_models`).
+SYMBOL_MODELS = ("quantized-gaussian", "tables-v1")
+
 #: How training estimates the latents' rate: "noise" (additive uniform noise, Ballé et al.)
 #: or "rounded" (the likelihood of the rounded latents the coder codes, straight-through;
 #: the "hard" stage of Guo et al. 2021, "Soft then Hard").
@@ -55,6 +58,11 @@ class ModelConfig:
     #: arithmetic, the same on every machine (:mod:`ldcodec.codec.exact_parameters`). Training is
     #: the same either way.
     parameter_arithmetic: str = "float32"
+    #: The range coder's model of a latent symbol given its scale level: constriction's quantized
+    #: Gaussians (models up to hp-v7; older weights files lack the field) or "tables-v1", the same
+    #: Gaussians tabulated in a file shipped with the package (~20x faster to code). Training is the
+    #: same either way.
+    symbol_model: str = "quantized-gaussian"
 
     def __post_init__(self):
         if self.context not in CONTEXT_MODES:
@@ -62,12 +70,15 @@ class ModelConfig:
         if self.parameter_arithmetic not in PARAMETER_ARITHMETICS:
             raise ValueError(f"parameter_arithmetic must be one of {', '.join(PARAMETER_ARITHMETICS)}, "
                              f"not {self.parameter_arithmetic!r}")
+        if self.symbol_model not in SYMBOL_MODELS:
+            raise ValueError(f"symbol_model must be one of {', '.join(SYMBOL_MODELS)}, not {self.symbol_model!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     def shape(self) -> tuple:
-        """The fields that fix the tensors (the λ range only shapes the training loss, the arithmetic the coder)."""
+        """The fields that fix the tensors (the λ range only shapes the training loss; the arithmetic and the
+        symbol model, the coder)."""
         return (self.channels, self.latent_channels, self.gain_levels, self.context)
 
     def rate_lambda(self, quality: torch.Tensor) -> torch.Tensor:

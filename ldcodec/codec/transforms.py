@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from compressai.layers import GDN
 from compressai.models.utils import conv, deconv
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 #: Spatial downsampling of the latents relative to the image.
@@ -57,3 +59,30 @@ def hyper_synthesis_transform(channels: int, latent_channels: int) -> nn.Sequent
         deconv(m, m * 3 // 2), nn.LeakyReLU(inplace=True),
         conv(m * 3 // 2, m * 2, stride=1, kernel_size=3),
     )
+
+
+class FrozenGDN(nn.Module):
+    """A trained GDN for inference: β and γ reparametrised once, not on every call.
+
+    compressai's GDN recomputes them from their parameters at each forward (for training);
+    at inference that is ~1.5 ms of a 768×512 encode for nothing. Same arithmetic, same outputs.
+    """
+
+    def __init__(self, gdn: GDN):
+        super().__init__()
+        channels = gdn.beta.shape[0]
+        with torch.no_grad():
+            self.register_buffer("beta", gdn.beta_reparam(gdn.beta).detach().clone())
+            self.register_buffer("gamma", gdn.gamma_reparam(gdn.gamma).reshape(channels, channels, 1, 1).detach().clone())
+        self.inverse = gdn.inverse
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = F.conv2d(x**2, self.gamma, self.beta)
+        return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
+
+
+def freeze_gdn(transform: nn.Sequential) -> None:
+    """Swap each GDN of ``transform`` for its :class:`FrozenGDN` (in place; for inference only)."""
+    for index, layer in enumerate(transform):
+        if isinstance(layer, GDN):
+            transform[index] = FrozenGDN(layer)

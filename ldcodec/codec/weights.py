@@ -98,6 +98,20 @@ def file_sha256(path: Path) -> bytes:
     return hashlib.sha256(path.read_bytes()).digest()
 
 
+def _read_config(path: Path) -> tuple[dict, ModelConfig]:
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+    if "config" not in metadata or metadata.get("format", "ldcodec-weights/1") != "ldcodec-weights/1":
+        raise ModelMismatchError(f"{path} is not an ldcodec model weights file (format {metadata.get('format', '?')})")
+    return metadata, ModelConfig(**json.loads(metadata["config"]))
+
+
+def installed_config(model_id: str) -> ModelConfig | None:
+    """The config of a shipped model (metadata only, no tensors loaded), or None if it is not installed."""
+    path = weights_path(model_id)
+    return _read_config(path)[1] if path.is_file() else None
+
+
 def load_weights(path_or_id: str | Path | None = None) -> LoadedWeights:
     """Load a weights file by model id (shipped; None: the default model) or by path."""
     path_or_id = path_or_id or default_model_id()
@@ -108,11 +122,7 @@ def load_weights(path_or_id: str | Path | None = None) -> LoadedWeights:
         raise ModelMismatchError(
             f"model weights {str(path_or_id)!r} are not installed (available: {', '.join(available_models()) or 'none'})"
         )
-    with safe_open(str(path), framework="pt") as f:
-        metadata = dict(f.metadata() or {})
-    if "config" not in metadata or metadata.get("format", "ldcodec-weights/1") != "ldcodec-weights/1":
-        raise ModelMismatchError(f"{path} is not an ldcodec model weights file (format {metadata.get('format', '?')})")
-    config = ModelConfig(**json.loads(metadata["config"]))
+    metadata, config = _read_config(path)
     tensors = load_file(str(path))
     prior_table = tensors.pop(PRIOR_TABLE_KEY)
     model = HyperpriorModel(config)

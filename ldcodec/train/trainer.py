@@ -192,6 +192,9 @@ class Trainer:
         if saved.parameter_arithmetic != self.cfg.model.parameter_arithmetic:
             print(f"{source}: parameter arithmetic {saved.parameter_arithmetic} -> "
                   f"{self.cfg.model.parameter_arithmetic} (the coder's; training is the same)", flush=True)
+        if saved.symbol_model != self.cfg.model.symbol_model:
+            print(f"{source}: symbol model {saved.symbol_model} -> {self.cfg.model.symbol_model} "
+                  "(the coder's; training is the same)", flush=True)
 
     def _init_from_weights(self, path: str) -> None:
         """Start from exported weights (no optimizer state): resumes a run whose checkpoint was lost."""
