@@ -127,7 +127,8 @@ def decode_hyper_latents(data: bytes, table: np.ndarray, shape: tuple[int, int, 
 
 def _groups(scale_indexes: np.ndarray, symbols):
     flat = scale_indexes.ravel()
-    order = np.argsort(flat, kind="stable")
+    # as uint8 (64 levels), numpy's stable sort is a radix sort: ~10x faster than on int64, same order
+    order = np.argsort(flat.astype(np.uint8), kind="stable")
     counts = np.bincount(flat, minlength=len(SCALE_TABLE))
     start = 0
     for level, count in enumerate(counts):
