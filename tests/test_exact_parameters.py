@@ -192,19 +192,23 @@ def test_extreme_hyper_latents_still_code_and_stay_in_range(tiny_exact_weights, 
     assert np.isfinite(decoded).all()
 
 
-def test_the_shipped_exact_model_writes_the_latent_section_it_always_wrote():
-    """hp-v7's section bytes, pinned at its release (session 13): the same on every machine, no MKL setting needed."""
+@pytest.mark.parametrize("model_id, digest", [
+    ("hp-v7", "d25271f50bed33570d14be15bb5925d7f732a2fa95a1b430db69c8ba890e9ba6"),  # session 13; quantized Gaussians
+    ("hp-v8", "8c3862c8bd92868bb96d9769ff2e93bbf298fb7cc6b419d16097dec4a2396781"),  # session 14; tables-v1
+])
+def test_the_shipped_exact_models_write_the_latent_section_they_always_wrote(model_id, digest):
+    """Each exact model's section bytes, pinned at its release: the same on every machine, no MKL setting needed."""
     import hashlib
 
     from ldcodec.codec.weights import weights_path
 
-    if not weights_path("hp-v7").is_file():
-        pytest.fail("shipped weights hp-v7 are missing")
+    if not weights_path(model_id).is_file():
+        pytest.fail(f"shipped weights {model_id} are missing")
     rng = np.random.default_rng(7)
     z = rng.integers(-3, 4, size=(96, 3, 4)).astype(np.int32)
     y = rng.normal(0, 4, size=(128, 12, 16))
-    coder = LatentCoder(load_weights("hp-v7").model)
+    coder = LatentCoder(load_weights(model_id).model)
     assert coder.exact
     blob = coder.encode(y, z)
-    assert hashlib.sha256(blob).hexdigest() == "d25271f50bed33570d14be15bb5925d7f732a2fa95a1b430db69c8ba890e9ba6"
+    assert hashlib.sha256(blob).hexdigest() == digest
     assert np.abs(coder.decode(blob, z) - y).max() <= 0.5 + 1e-9
