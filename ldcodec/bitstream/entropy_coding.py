@@ -14,7 +14,7 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
-from ldcodec.bitstream.symbol_models import QuantizedGaussianSymbols
+from ldcodec.bitstream.symbol_models import symbol_models
 from ldcodec.codec.entropy_parameters import SCALE_TABLE, Y_SYMBOL_MAX, Y_SYMBOL_MIN
 from ldcodec.errors import BitstreamError
 
@@ -64,7 +64,7 @@ def _min_bits(p_max: np.ndarray, alphabet: int) -> np.ndarray:
 
 
 #: The symbol models of hp-v1 … hp-v7 (the default where a caller names none).
-GAUSSIAN_SYMBOLS = QuantizedGaussianSymbols()
+GAUSSIAN_SYMBOLS = symbol_models("quantized-gaussian")
 
 
 def latent_min_bits(symbols) -> np.ndarray:
@@ -171,7 +171,7 @@ class LatentSectionDecoder:
         self._data = data
         self._decoder = _decoder(data, "latent")
         self._models = models
-        self._level_bits = _LATENT_MIN_BITS if models is GAUSSIAN_SYMBOLS else latent_min_bits(models)
+        self._level_bits = latent_min_bits(models)
         self._min_bits = 0.0
 
     def decode(self, scale_indexes: np.ndarray) -> np.ndarray:

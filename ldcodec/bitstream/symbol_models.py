@@ -57,7 +57,6 @@ def gaussian_tables(scales: np.ndarray, low: int = Y_SYMBOL_MIN, high: int = Y_S
 class QuantizedGaussianSymbols:
     """constriction's quantized Gaussians, built per group (hp-v1 … hp-v7 streams)."""
 
-    name = "quantized-gaussian"
     offset = 0  # symbols are coded as they are
 
     def __init__(self):
@@ -71,7 +70,6 @@ class QuantizedGaussianSymbols:
 class TableSymbols:
     """One categorical model per scale level, from a table; built on first use and kept."""
 
-    name = "tables-v1"
     offset = Y_SYMBOL_MIN  # Categorical codes 0..n-1
 
     def __init__(self, probabilities: np.ndarray):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 import warnings
@@ -235,7 +234,7 @@ def info_command(input_path, as_json):
     from ldcodec.codec.weights import installed_config
 
     info = stream_info(read_input_bytes(input_path))
-    config = installed_config(info.model_id) if re.fullmatch(r"[A-Za-z0-9._-]+", info.model_id) else None
+    config = installed_config(info.model_id)
     coder = (None if config is None else {"context": config.context, "parameter_arithmetic": config.parameter_arithmetic,
                                           "symbol_model": config.symbol_model})
     if as_json:

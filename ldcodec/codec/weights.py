@@ -108,8 +108,7 @@ def _read_config(path: Path) -> tuple[dict, ModelConfig]:
 
 def installed_config(model_id: str) -> ModelConfig | None:
     """The config of a shipped model (metadata only, no tensors loaded), or None if it is not installed."""
-    path = weights_path(model_id)
-    return _read_config(path)[1] if path.is_file() else None
+    return _read_config(weights_path(model_id))[1] if model_id in available_models() else None
 
 
 def load_weights(path_or_id: str | Path | None = None) -> LoadedWeights:

@@ -189,12 +189,11 @@ class Trainer:
         if (saved.lambda_min, saved.lambda_max) != (self.cfg.model.lambda_min, self.cfg.model.lambda_max):
             print(f"{source}: λ range {saved.lambda_min}..{saved.lambda_max} -> "
                   f"{self.cfg.model.lambda_min}..{self.cfg.model.lambda_max}", flush=True)
-        if saved.parameter_arithmetic != self.cfg.model.parameter_arithmetic:
-            print(f"{source}: parameter arithmetic {saved.parameter_arithmetic} -> "
-                  f"{self.cfg.model.parameter_arithmetic} (the coder's; training is the same)", flush=True)
-        if saved.symbol_model != self.cfg.model.symbol_model:
-            print(f"{source}: symbol model {saved.symbol_model} -> {self.cfg.model.symbol_model} "
-                  "(the coder's; training is the same)", flush=True)
+        for field in ("parameter_arithmetic", "symbol_model"):  # the coder's choices; training is the same
+            old, new = getattr(saved, field), getattr(self.cfg.model, field)
+            if old != new:
+                print(f"{source}: {field.replace('_', ' ')} {old} -> {new} (the coder's; training is the same)",
+                      flush=True)
 
     def _init_from_weights(self, path: str) -> None:
         """Start from exported weights (no optimizer state): resumes a run whose checkpoint was lost."""
