@@ -6,7 +6,8 @@ trained on: the denoiser learned *those* latents, so it is refused with any othe
 base model (a retrained base changes the latent space silently otherwise).
 
 The file may also carry a *perceptual synthesis*: a copy of the base model's g_s
-fine-tuned (MSE + LPIPS) on the denoiser's outputs, stored under ``synthesis.*``.
+fine-tuned (MSE + LPIPS) on the denoiser's outputs, stored under ``synthesis.*``, possibly
+with residual blocks (:mod:`ldcodec.codec.perceptual_synthesis`; their positions in the metadata).
 Decodes with steps > 0 use it; steps 0 always uses the base g_s, so the
 distortion-optimal decode and the bitstream never change.
 """
@@ -23,6 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
+from ldcodec.codec.perceptual_synthesis import blocks_from_metadata, blocks_metadata, perceptual_synthesis
 from ldcodec.codec.weights import save_safetensors_atomically
 from ldcodec.errors import LdcodecError
 
@@ -85,6 +87,7 @@ def export_denoiser(denoiser: "LatentDenoiser", path: str | Path, base_sha256: b
         "base_sha256": base_sha256.hex(),
         "training": json.dumps(info or {}),
         "storage": "float16 (latent_scale float32)",
+        **blocks_metadata(synthesis),
     }
     return save_safetensors_atomically(tensors, path, metadata)
 
@@ -128,12 +131,16 @@ def load_denoiser(path: str | Path, base_sha256: bytes | None, latent_channels: 
     synthesis_state = {k[len(SYNTHESIS_PREFIX):]: v for k, v in tensors.items() if k.startswith(SYNTHESIS_PREFIX)}
     synthesis = None
     try:
+        blocks = blocks_from_metadata(metadata)
+    except ValueError as exc:
+        raise DiffusionWeightsError(f"diffusion weights {path.name}: {exc}") from None
+    try:
         denoiser.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(SYNTHESIS_PREFIX)})
         if synthesis_state and base_synthesis is not None:
-            synthesis = copy.deepcopy(base_synthesis).cpu().float()
+            synthesis = perceptual_synthesis(copy.deepcopy(base_synthesis), blocks).cpu().float()
             synthesis.load_state_dict(synthesis_state)
             synthesis.eval()
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError) as exc:
         raise DiffusionWeightsError(f"diffusion weights {path.name} do not match their config "
                                     "or their base model") from exc
     denoiser.eval()

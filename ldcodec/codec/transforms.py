@@ -81,8 +81,10 @@ class FrozenGDN(nn.Module):
         return x * (torch.sqrt(norm) if self.inverse else torch.rsqrt(norm))
 
 
-def freeze_gdn(transform: nn.Sequential) -> None:
-    """Swap each GDN of ``transform`` for its :class:`FrozenGDN` (in place; for inference only)."""
-    for index, layer in enumerate(transform):
+def freeze_gdn(transform: nn.Module) -> None:
+    """Swap each GDN inside ``transform`` for its :class:`FrozenGDN` (in place; for inference only)."""
+    for name, layer in transform.named_children():
         if isinstance(layer, GDN):
-            transform[index] = FrozenGDN(layer)
+            setattr(transform, name, FrozenGDN(layer))
+        else:
+            freeze_gdn(layer)

@@ -42,6 +42,7 @@ from ldcodec.codec.allocator import keep_large_allocations
 from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
 from ldcodec.codec.diffusion_weights import export_denoiser, load_denoiser
 from ldcodec.codec.entropy_parameters import MEAN_GRID
+from ldcodec.codec.perceptual_synthesis import blocks_of, perceptual_synthesis
 from ldcodec.codec.latent_diffusion import matched_timestep, sample_latents, training_alphas_cumprod
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import load_weights
@@ -93,6 +94,9 @@ class DiffusionTrainConfig:
     mse_weight_low: float = 0.0
     #: Learning rate of the perceptual synthesis (it starts from the trained base g_s).
     synthesis_lr: float = 5e-5
+    #: g_s layer indexes followed by a residual block in the perceptual synthesis (empty: the plain g_s;
+    #: see :mod:`ldcodec.codec.perceptual_synthesis`).
+    synthesis_blocks: tuple[int, ...] = ()
     #: Sampler step counts whose outputs the perceptual synthesis is trained on (one drawn per step).
     perceptual_steps: tuple[int, ...] = (1, 2, 4)
     #: LPIPS weights file (default: the provisioned cache, see ldcodec.eval.lpips_weights).
@@ -133,7 +137,11 @@ class DiffusionTrainer:
             from ldcodec.eval.metrics import lpips_network  # needs the eval extra and the LPIPS weights
 
             self.lpips = lpips_network(cfg.lpips_weights or None).to(self.device)
-            self.synthesis = copy.deepcopy(self.base.g_s).to(self.device).to(memory_format=torch.channels_last)
+            try:
+                self.synthesis = perceptual_synthesis(copy.deepcopy(self.base.g_s), tuple(cfg.synthesis_blocks))
+            except ValueError as exc:
+                raise SystemExit(f"--synthesis-blocks: {exc}") from None
+            self.synthesis.to(self.device).to(memory_format=torch.channels_last)
             for p in self.synthesis.parameters():
                 p.requires_grad_(True)
             groups.append({"params": list(self.synthesis.parameters()), "lr_scale": cfg.synthesis_lr / cfg.lr})
@@ -260,6 +268,10 @@ class DiffusionTrainer:
                 raise SystemExit(f"{self.checkpoint_path} was trained with perceptual_weight "
                                  f"{'> 0' if state.get('synthesis') is not None else '0'}; keep that setting")
             if self.synthesis is not None:
+                saved_blocks = tuple(state.get("train_config", {}).get("synthesis_blocks", ()))
+                if saved_blocks != blocks_of(self.synthesis):
+                    raise SystemExit(f"{self.checkpoint_path} has synthesis blocks {list(saved_blocks)}, "
+                                     f"not {list(blocks_of(self.synthesis))}; keep that setting")
                 self.synthesis.load_state_dict(state["synthesis"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.elapsed = state["step"], state.get("elapsed", 0.0)
@@ -279,12 +291,23 @@ class DiffusionTrainer:
                 raise SystemExit(f"{self.cfg.init_from} has denoiser {loaded.denoiser.config}, not {self.denoiser_config}")
             self.denoiser.load_state_dict(loaded.denoiser.state_dict())
             if self.synthesis is not None and loaded.synthesis is not None:
-                self.synthesis.load_state_dict(loaded.synthesis.state_dict())
+                self._init_synthesis(loaded.synthesis)
             info = json.loads(loaded.metadata.get("training", "{}"))
             self.step = self.warmup_start = int(info.get("steps", 0))
             print(f"initialised from {self.cfg.init_from} (step {self.step}, fresh optimizer)", flush=True)
         else:
             self.denoiser.latent_scale.copy_(self.measure_latent_scale())
+
+    def _init_synthesis(self, loaded) -> None:
+        """Start the perceptual synthesis from a file's: the same blocks, or a plain g_s under new blocks."""
+        ours, theirs = blocks_of(self.synthesis), blocks_of(loaded)
+        if ours == theirs:
+            self.synthesis.load_state_dict(loaded.state_dict())
+        elif not theirs:  # new blocks (the identity at first) around the file's plain g_s
+            self.synthesis.base.load_state_dict(loaded.state_dict())
+            print(f"residual blocks after g_s layers {list(ours)} added to {self.cfg.init_from}'s synthesis", flush=True)
+        else:
+            raise SystemExit(f"{self.cfg.init_from} has synthesis blocks {list(theirs)}, not {list(ours)}")
 
     def save_checkpoint(self) -> None:
         atomic_torch_save({
@@ -305,7 +328,8 @@ class DiffusionTrainer:
                 "batch": self.cfg.batch, "crop": self.cfg.crop, "lr": self.cfg.lr, "device": str(self.device),
                 "perceptual_weight": self.cfg.perceptual_weight, "mse_weight": self.cfg.mse_weight,
                 "mse_weight_low": self.mse_weight_low,
-                "synthesis_lr": self.cfg.synthesis_lr, "perceptual_steps": list(self.cfg.perceptual_steps),
+                "synthesis_lr": self.cfg.synthesis_lr, "synthesis_blocks": list(blocks_of(self.synthesis)),
+                "perceptual_steps": list(self.cfg.perceptual_steps),
                 "precision": "bf16" if self.bf16 else "fp32", "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__}
         return export_denoiser(self.denoiser, path, self.base_weights.sha256, self.base_weights.model_id, info,

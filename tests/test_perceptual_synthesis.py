@@ -1,0 +1,143 @@
+"""Residual blocks in the perceptual synthesis: identity at the start, stored, loaded, decoded, trained."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import ldcodec
+from ldcodec.codec.denoiser import LatentDenoiser
+from ldcodec.codec.diffusion_weights import DiffusionWeightsError, diffusion_path_for, export_denoiser
+from ldcodec.codec.perceptual_synthesis import BLOCKS_KEY, ResidualSynthesis, blocks_of, perceptual_synthesis
+from ldcodec.codec.transforms import FrozenGDN
+from ldcodec.codec.weights import load_weights
+from tests.conftest import synthetic_image
+from tests.test_diffusion_decoder import TINY_DENOISER, _fake_lpips_file, _image_folder, tiny_base
+
+
+def _g_s(base_path):
+    return copy.deepcopy(load_weights(base_path).model.g_s).eval()
+
+
+def _randomised(synthesis: ResidualSynthesis, seed=0) -> ResidualSynthesis:
+    """Blocks that are not the identity any more (as after training)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for block in synthesis.blocks.values():
+            block.conv2.weight.normal_(std=0.05)
+    return synthesis
+
+
+def test_new_blocks_start_as_the_identity_of_the_plain_synthesis(tmp_path):
+    g_s = _g_s(tiny_base(tmp_path))
+    extended = perceptual_synthesis(copy.deepcopy(g_s), (3, 1))
+    assert isinstance(extended, ResidualSynthesis) and extended.after == (1, 3)
+    y = torch.randn(1, 24, 5, 7)
+    with torch.no_grad():
+        assert torch.equal(extended(y), g_s(y))
+        assert not torch.equal(_randomised(extended)(y), g_s(y))
+    assert perceptual_synthesis(g_s, ()) is g_s and blocks_of(g_s) == () and blocks_of(None) == ()
+
+
+@pytest.mark.parametrize("after", [(7,), (-1,), (0, 9)])
+def test_blocks_outside_the_synthesis_are_refused(tmp_path, after):
+    with pytest.raises(ValueError, match="residual blocks go after layers 0..5"):
+        ResidualSynthesis(_g_s(tiny_base(tmp_path)), after)
+
+
+def test_a_diffusion_file_with_blocks_decodes_with_them_and_steps_0_is_untouched(tmp_path):
+    base = tiny_base(tmp_path)
+    sha = load_weights(base).sha256
+    plain = ldcodec.load(base, diffusion=tmp_path / "absent.safetensors")
+    blob = plain.encode(synthetic_image(40, 56), quality=0.5)
+    identity_file = tmp_path / "identity.safetensors"
+    export_denoiser(LatentDenoiser(TINY_DENOISER), identity_file, sha, "base",
+                    synthesis=perceptual_synthesis(_g_s(base), (1, 3)))
+    trained = _randomised(perceptual_synthesis(_g_s(base), (1, 3)))
+    export_denoiser(LatentDenoiser(TINY_DENOISER), diffusion_path_for(base), sha, "base", synthesis=trained)
+    with safe_open(str(diffusion_path_for(base)), "pt") as f:
+        assert f.metadata()[BLOCKS_KEY] == "[1, 3]"
+
+    codec = ldcodec.load(base)
+    steps0 = plain.decode(blob)
+    assert codec.decode(blob).tobytes() == steps0.tobytes()
+    with_blocks = codec.decode(blob, steps=1)
+    loaded = codec._diffusion_synthesis
+    assert isinstance(loaded, ResidualSynthesis) and loaded.after == (1, 3)
+    assert any(isinstance(layer, FrozenGDN) for layer in loaded.base)  # frozen inside the wrapper too
+    expected = {k: v.half().float() for k, v in trained.state_dict().items() if k.startswith("blocks.")}
+    for k, v in expected.items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+    identity = ldcodec.load(base, diffusion=identity_file).decode(blob, steps=1)
+    assert identity.tobytes() != with_blocks.tobytes()  # the blocks really decode
+    assert codec.decode(blob).tobytes() == steps0.tobytes()
+
+
+@pytest.mark.parametrize("value", ["[99]", "oops", "[true]", '{"a": 1}'])
+def test_bad_block_metadata_is_a_clear_error(tmp_path, value):
+    base = tiny_base(tmp_path)
+    path = diffusion_path_for(base)
+    export_denoiser(LatentDenoiser(TINY_DENOISER), path, load_weights(base).sha256, "base",
+                    synthesis=perceptual_synthesis(_g_s(base), (1,)))
+    with safe_open(str(path), "pt") as f:
+        metadata = dict(f.metadata())
+    save_file(load_file(str(path)), str(path), {**metadata, BLOCKS_KEY: value})
+    codec = ldcodec.load(base)
+    blob = codec.encode(synthetic_image(24, 32), quality=0.5)
+    with pytest.raises(DiffusionWeightsError, match="synthesis_blocks|do not match"):
+        codec.decode(blob, steps=1)
+
+
+def test_training_adds_blocks_to_a_plain_synthesis_and_keeps_them_on_resume(tmp_path):
+    pytest.importorskip("lpips")
+    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+
+    images = _image_folder(tmp_path)
+    base = tiny_base(tmp_path)
+    plain_file = tmp_path / "plain.safetensors"
+    plain_synthesis = _g_s(base)
+    with torch.no_grad():
+        for p in plain_synthesis.parameters():
+            p.add_(0.01)
+    export_denoiser(LatentDenoiser(TINY_DENOISER), plain_file, load_weights(base).sha256, "base",
+                    info={"steps": 10}, synthesis=plain_synthesis)
+    export = tmp_path / "blocks.safetensors"
+
+    def config(steps, blocks=(1, 3), run="b"):
+        return DiffusionTrainConfig(data=str(images), base=str(base), run=run, steps=steps, batch=2, crop=64,
+                                    warmup=1, threads=1, precision="fp32", checkpoint_dir=str(tmp_path / "ckpt"),
+                                    log_every=1, validate_every=100, scale_batches=1, export=str(export),
+                                    denoiser=TINY_DENOISER, lpips_weights=str(_fake_lpips_file(tmp_path)),
+                                    perceptual_steps=(1,), init_from=str(plain_file), synthesis_blocks=blocks)
+
+    trainer = DiffusionTrainer(config(12))
+    assert blocks_of(trainer.synthesis) == (1, 3)
+    for k, v in plain_synthesis.state_dict().items():  # the file's g_s under identity blocks
+        assert torch.equal(trainer.synthesis.base.state_dict()[k], v.half().float()), k
+    y = torch.randn(1, 24, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(trainer.synthesis(y), trainer.synthesis.base(y))
+    trainer.run()
+    assert any(block.conv2.weight.abs().sum() > 0 for block in trainer.synthesis.blocks.values())
+    with safe_open(str(export), "pt") as f:
+        assert f.metadata()[BLOCKS_KEY] == "[1, 3]"
+    with pytest.raises(SystemExit, match="synthesis blocks"):
+        DiffusionTrainer(config(13, blocks=(1,)))
+    resumed = DiffusionTrainer(config(13))
+    assert resumed.step == 12
+    for k, v in trainer.synthesis.state_dict().items():
+        assert torch.equal(resumed.synthesis.state_dict()[k], v), k
+    with pytest.raises(SystemExit, match="synthesis-blocks"):
+        DiffusionTrainer(config(1, blocks=(7,), run="other"))
+
+
+def test_cli_refuses_block_positions_that_are_not_numbers(tmp_path):
+    from ldcodec.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["train-diffusion", str(tmp_path), "--synthesis-blocks", "1,x"])
+    assert result.exit_code == 2 and "--synthesis-blocks" in result.output and "Traceback" not in result.output
