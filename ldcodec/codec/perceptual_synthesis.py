@@ -27,25 +27,24 @@ BLOCKS_KEY = "synthesis_blocks"
 class ResidualSynthesis(nn.Module):
     """``base`` (an nn.Sequential g_s) with a residual block after each layer index in ``after``."""
 
-    def __init__(self, base: nn.Sequential, after: tuple[int, ...], zero_init: bool = True):
+    def __init__(self, base: nn.Sequential, after: tuple[int, ...]):
         super().__init__()
-        after = tuple(sorted(set(int(i) for i in after)))
+        after = block_positions(after)
         if not after or after[0] < 0 or after[-1] >= len(base) - 1:
             raise ValueError(f"residual blocks go after layers 0..{len(base) - 2} of g_s, not {list(after)}")
         self.after = after
         self.base = base
-        self.blocks = nn.ModuleDict({str(i): ResidualBlock(*self._channels(base, i)) for i in after})
-        if zero_init:
-            for block in self.blocks.values():
-                nn.init.zeros_(block.conv2.weight)
-                nn.init.zeros_(block.conv2.bias)
+        self.blocks = nn.ModuleDict({str(i): ResidualBlock(*[self._channels(base, i)] * 2) for i in after})
+        for block in self.blocks.values():  # the identity until trained
+            nn.init.zeros_(block.conv2.weight)
+            nn.init.zeros_(block.conv2.bias)
 
     @staticmethod
-    def _channels(base: nn.Sequential, index: int) -> tuple[int, int]:
+    def _channels(base: nn.Sequential, index: int) -> int:
         """Channels at the output of layer ``index`` (that of the last convolution up to it)."""
         for layer in reversed(list(base)[: index + 1]):
             if isinstance(layer, (nn.Conv2d, nn.ConvTranspose2d)):
-                return layer.out_channels, layer.out_channels
+                return layer.out_channels
         raise ValueError(f"no convolution at or before layer {index} of g_s")
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
@@ -55,6 +54,11 @@ class ResidualSynthesis(nn.Module):
             if key in self.blocks:
                 y = self.blocks[key](y)
         return y
+
+
+def block_positions(after) -> tuple[int, ...]:
+    """Block positions in their one canonical form: sorted, each once."""
+    return tuple(sorted(set(int(i) for i in after)))
 
 
 def perceptual_synthesis(base_synthesis: nn.Sequential, after: tuple[int, ...] = ()) -> nn.Module:

@@ -43,7 +43,7 @@ from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
 from ldcodec.codec.diffusion_weights import export_denoiser, load_denoiser
 from ldcodec.codec.entropy_parameters import MEAN_GRID
 from ldcodec.codec.latent_diffusion import matched_timestep, sample_latents, training_alphas_cumprod
-from ldcodec.codec.perceptual_synthesis import blocks_of, perceptual_synthesis
+from ldcodec.codec.perceptual_synthesis import block_positions, blocks_of, perceptual_synthesis
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import load_weights
 from ldcodec.train.data import CropSampler, split_images
@@ -268,7 +268,7 @@ class DiffusionTrainer:
                 raise SystemExit(f"{self.checkpoint_path} was trained with perceptual_weight "
                                  f"{'> 0' if state.get('synthesis') is not None else '0'}; keep that setting")
             if self.synthesis is not None:
-                saved_blocks = tuple(sorted(set(state.get("train_config", {}).get("synthesis_blocks", ()))))
+                saved_blocks = block_positions(state.get("train_config", {}).get("synthesis_blocks", ()))
                 if saved_blocks != blocks_of(self.synthesis):
                     raise SystemExit(f"{self.checkpoint_path} has synthesis blocks {list(saved_blocks)}, "
                                      f"not {list(blocks_of(self.synthesis))}; keep that setting")
