@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 import ldcodec
 from ldcodec.codec.denoiser import LatentDenoiser
 from ldcodec.codec.diffusion_weights import DiffusionWeightsError, diffusion_path_for, export_denoiser
-from ldcodec.codec.perceptual_synthesis import BLOCKS_KEY, ResidualSynthesis, blocks_of, perceptual_synthesis
+from ldcodec.codec.residual_synthesis import BLOCKS_KEY, ResidualSynthesis, blocks_of, with_residual_blocks
 from ldcodec.codec.transforms import FrozenGDN
 from ldcodec.codec.weights import load_weights
 from tests.conftest import synthetic_image
@@ -35,13 +35,13 @@ def _randomised(synthesis: ResidualSynthesis, seed=0) -> ResidualSynthesis:
 
 def test_new_blocks_start_as_the_identity_of_the_plain_synthesis(tmp_path):
     g_s = _g_s(tiny_base(tmp_path))
-    extended = perceptual_synthesis(copy.deepcopy(g_s), (3, 1))
+    extended = with_residual_blocks(copy.deepcopy(g_s), (3, 1))
     assert isinstance(extended, ResidualSynthesis) and extended.after == (1, 3)
     y = torch.randn(1, 24, 5, 7)
     with torch.no_grad():
         assert torch.equal(extended(y), g_s(y))
         assert not torch.equal(_randomised(extended)(y), g_s(y))
-    assert perceptual_synthesis(g_s, ()) is g_s and blocks_of(g_s) == () and blocks_of(None) == ()
+    assert with_residual_blocks(g_s, ()) is g_s and blocks_of(g_s) == () and blocks_of(None) == ()
 
 
 @pytest.mark.parametrize("after", [(7,), (-1,), (0, 9)])
@@ -57,8 +57,8 @@ def test_a_diffusion_file_with_blocks_decodes_with_them_and_steps_0_is_untouched
     blob = plain.encode(synthetic_image(40, 56), quality=0.5)
     identity_file = tmp_path / "identity.safetensors"
     export_denoiser(LatentDenoiser(TINY_DENOISER), identity_file, sha, "base",
-                    synthesis=perceptual_synthesis(_g_s(base), (1, 3)))
-    trained = _randomised(perceptual_synthesis(_g_s(base), (1, 3)))
+                    synthesis=with_residual_blocks(_g_s(base), (1, 3)))
+    trained = _randomised(with_residual_blocks(_g_s(base), (1, 3)))
     export_denoiser(LatentDenoiser(TINY_DENOISER), diffusion_path_for(base), sha, "base", synthesis=trained)
     with safe_open(str(diffusion_path_for(base)), "pt") as f:
         assert f.metadata()[BLOCKS_KEY] == "[1, 3]"
@@ -83,7 +83,7 @@ def test_bad_block_metadata_is_a_clear_error(tmp_path, value):
     base = tiny_base(tmp_path)
     path = diffusion_path_for(base)
     export_denoiser(LatentDenoiser(TINY_DENOISER), path, load_weights(base).sha256, "base",
-                    synthesis=perceptual_synthesis(_g_s(base), (1,)))
+                    synthesis=with_residual_blocks(_g_s(base), (1,)))
     with safe_open(str(path), "pt") as f:
         metadata = dict(f.metadata())
     save_file(load_file(str(path)), str(path), {**metadata, BLOCKS_KEY: value})

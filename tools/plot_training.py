@@ -34,9 +34,13 @@ def main() -> None:
     # Positional: logs written before the header listed the validation columns have them unnamed.
     rows = [dict(zip(fields, line)) for line in lines]
     step = [int(r["step"]) for r in rows]
+    loss = [float(r["loss"]) for r in rows]
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    axes[0].plot(step, [float(r["loss"]) for r in rows])
-    axes[0].set(title="training loss (λ·255²·MSE + bpp)", xlabel="step", yscale="log")
+    axes[0].plot(step, loss)
+    if min(loss) > 0:
+        axes[0].set(title="training loss (λ·255²·MSE + bpp)", xlabel="step", yscale="log")
+    else:  # a decoder-only run (ldcodec train --train-only synthesis)
+        axes[0].set(title="training loss (mean ln MSE, g_s only)", xlabel="step")
     axes[1].plot(step, [float(r["psnr"]) for r in rows], label="PSNR")
     ax2 = axes[1].twinx()
     ax2.plot(step, [float(r["bpp"]) for r in rows], color="tab:orange")

@@ -5,9 +5,19 @@ from __future__ import annotations
 import click
 
 from ldcodec.codec.checkerboard import CONTEXT_MODES
-from ldcodec.codec.model import PARAMETER_ARITHMETICS, RATE_ESTIMATES, SYMBOL_MODELS, ModelConfig
+from ldcodec.codec.model import PARAMETER_ARITHMETICS, RATE_ESTIMATES, SYMBOL_MODELS, TRAINED_PARTS, ModelConfig
 from ldcodec.codec.precision import PRECISIONS
 from ldcodec.codec.release import DEFAULT_MODEL_ID
+
+
+def synthesis_blocks_option(help_text: str):
+    """``--synthesis-blocks``: comma-separated g_s layer indexes, parsed to a tuple of ints."""
+    def parse(ctx, param, value):
+        try:
+            return tuple(int(part) for part in value.split(",") if part.strip())
+        except ValueError:
+            raise click.BadParameter(f"a comma-separated list of layer indexes, not {value!r}") from None
+    return click.option("--synthesis-blocks", default="", show_default=True, callback=parse, help=help_text)
 
 
 @click.command("train")
@@ -47,10 +57,16 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
               help="How the coder of the exported model codes a latent symbol: tabulated Gaussians (about 20x "
                    "faster to range-code) or constriction's quantized Gaussians of hp-v1..hp-v7. Training is the "
                    "same either way.")
+@synthesis_blocks_option("Comma-separated g_s layer indexes to follow with a residual block (e.g. 1,3: at 1/8 and "
+                         "1/4 resolution); empty = the plain g_s. Blocks added to --init-from weights start as the "
+                         "identity.")
+@click.option("--train-only", type=click.Choice(TRAINED_PARTS), default="all", show_default=True,
+              help="synthesis: train g_s alone on the mean log-MSE; the encoder, the gains, the entropy "
+                   "model and so the bitstream stay those of --init-from.")
 @click.option("--seed", default=0, show_default=True)
 def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, latent_channels, context, lambda_min,
                   lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, init_from, rewarm,
-                  rate_estimate, parameter_arithmetic, symbol_model, seed):
+                  rate_estimate, parameter_arithmetic, symbol_model, synthesis_blocks, train_only, seed):
     """Train a variable-rate model on the images in DATA (resumes from the run's checkpoint).
 
     A held-out split (about 1 image in 20, chosen by a hash of its path) is never
@@ -65,8 +81,9 @@ def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, l
         device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), max_minutes=max_minutes,
         export=export_path, init_from=init_from, rewarm=rewarm, rate_estimate=rate_estimate, seed=seed,
+        train_only=train_only,
         model=ModelConfig(channels=channels, latent_channels=latent_channels, context=context,
                           lambda_min=lambda_min, lambda_max=lambda_max, parameter_arithmetic=parameter_arithmetic,
-                          symbol_model=symbol_model),
+                          symbol_model=symbol_model, synthesis_blocks=synthesis_blocks),
     )
     Trainer(cfg).run()

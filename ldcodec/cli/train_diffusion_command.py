@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from ldcodec.cli.train_command import synthesis_blocks_option
 from ldcodec.codec.precision import PRECISIONS
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 
@@ -35,9 +36,8 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
               help="Pixel-MSE weight at quality 0, log-interpolated to --mse-weight at quality 1 (low rates lean "
               "towards LPIPS); 0 = --mse-weight at every rate.")
 @click.option("--synthesis-lr", default=5e-5, show_default=True, help="Learning rate of the fine-tuned synthesis.")
-@click.option("--synthesis-blocks", default="", show_default=True,
-              help="Comma-separated g_s layer indexes to follow with a residual block in the fine-tuned synthesis "
-              "(e.g. 1,3: at 1/8 and 1/4 resolution); empty = the plain g_s.")
+@synthesis_blocks_option("Comma-separated g_s layer indexes to follow with a residual block in the fine-tuned "
+                         "synthesis (e.g. 1,3: at 1/8 and 1/4 resolution); empty = the plain g_s.")
 @click.option("--seed", default=0, show_default=True)
 def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
                             checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, perceptual_weight,
@@ -57,17 +57,12 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
     from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
     from ldcodec.train.trainer import DEFAULT_CHECKPOINT_DIR
 
-    try:
-        blocks = tuple(int(part) for part in synthesis_blocks.split(",") if part.strip())
-    except ValueError:
-        raise click.BadParameter(f"a comma-separated list of layer indexes, not {synthesis_blocks!r}",
-                                 param_hint="--synthesis-blocks") from None
     cfg = DiffusionTrainConfig(
         data=data, base=base, run=run or f"{Path(base).stem}-diffusion", steps=steps, batch=batch, crop=crop, lr=lr,
         warmup=warmup, decay_fraction=decay_fraction, device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), checkpoint_minutes=checkpoint_minutes,
         max_minutes=max_minutes, export=export_path, init_from=init_from, seed=seed,
         perceptual_weight=perceptual_weight, mse_weight=mse_weight, mse_weight_low=mse_weight_low,
-        synthesis_lr=synthesis_lr, synthesis_blocks=blocks,
+        synthesis_lr=synthesis_lr, synthesis_blocks=synthesis_blocks,
     )
     DiffusionTrainer(cfg).run()

@@ -7,7 +7,7 @@ base model (a retrained base changes the latent space silently otherwise).
 
 The file may also carry a *perceptual synthesis*: a copy of the base model's g_s
 fine-tuned (MSE + LPIPS) on the denoiser's outputs, stored under ``synthesis.*``, possibly
-with residual blocks (:mod:`ldcodec.codec.perceptual_synthesis`; their positions in the metadata).
+with residual blocks (:mod:`ldcodec.codec.residual_synthesis`; their positions in the metadata).
 Decodes with steps > 0 use it; steps 0 always uses the base g_s, so the
 distortion-optimal decode and the bitstream never change.
 """
@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ldcodec.codec.perceptual_synthesis import blocks_from_metadata, blocks_metadata, perceptual_synthesis
+from ldcodec.codec.residual_synthesis import blocks_from_metadata, blocks_metadata, with_residual_blocks
 from ldcodec.codec.weights import save_safetensors_atomically
 from ldcodec.errors import LdcodecError
 
@@ -137,7 +137,7 @@ def load_denoiser(path: str | Path, base_sha256: bytes | None, latent_channels: 
     try:
         denoiser.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(SYNTHESIS_PREFIX)})
         if synthesis_state and base_synthesis is not None:
-            synthesis = perceptual_synthesis(copy.deepcopy(base_synthesis), blocks).cpu().float()
+            synthesis = with_residual_blocks(copy.deepcopy(base_synthesis), blocks).cpu().float()
             synthesis.load_state_dict(synthesis_state)
             synthesis.eval()
     except (RuntimeError, ValueError) as exc:

@@ -18,6 +18,7 @@ from torch import nn
 from ldcodec.codec.channel_context import ChannelContext, merge_slices, slice_parameters
 from ldcodec.codec.checkerboard import CONTEXT_MODES, CheckerboardContext, anchor_mask
 from ldcodec.codec.gain import GainUnit
+from ldcodec.codec.residual_synthesis import block_positions, with_residual_blocks
 from ldcodec.codec.transforms import (
     analysis_transform,
     hyper_analysis_transform,
@@ -37,6 +38,9 @@ SYMBOL_MODELS = ("quantized-gaussian", "tables-v1")
 #: or "rounded" (the likelihood of the rounded latents the coder codes, straight-through;
 #: the "hard" stage of Guo et al. 2021, "Soft then Hard").
 RATE_ESTIMATES = ("noise", "rounded")
+#: What a training run trains: the whole model, or g_s alone (the bitstream stays that of the
+#: weights it starts from; :mod:`ldcodec.train.trainer`).
+TRAINED_PARTS = ("all", "synthesis")
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,12 @@ class ModelConfig:
     #: Gaussians tabulated in a file shipped with the package (~20x faster to code). Training is the
     #: same either way.
     symbol_model: str = "quantized-gaussian"
+    #: g_s layer indexes each followed by a residual block (:mod:`ldcodec.codec.residual_synthesis`);
+    #: empty (models up to hp-v8; older weights files lack the field) is the plain four-layer g_s.
+    synthesis_blocks: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "synthesis_blocks", block_positions(self.synthesis_blocks))
         if self.context not in CONTEXT_MODES:
             raise ValueError(f"context must be one of {', '.join(CONTEXT_MODES)}, not {self.context!r}")
         if self.parameter_arithmetic not in PARAMETER_ARITHMETICS:
@@ -79,7 +87,7 @@ class ModelConfig:
     def shape(self) -> tuple:
         """The fields that fix the tensors (the λ range only shapes the training loss; the arithmetic and the
         symbol model, the coder)."""
-        return (self.channels, self.latent_channels, self.gain_levels, self.context)
+        return (self.channels, self.latent_channels, self.gain_levels, self.context, self.synthesis_blocks)
 
     def rate_lambda(self, quality: torch.Tensor) -> torch.Tensor:
         """λ for each quality: log-linear between ``lambda_min`` and ``lambda_max``."""
@@ -115,7 +123,7 @@ class HyperpriorModel(nn.Module):
         self.config = config or ModelConfig()
         n, m = self.config.channels, self.config.latent_channels
         self.g_a = analysis_transform(n, m)
-        self.g_s = synthesis_transform(n, m)
+        self.g_s = with_residual_blocks(synthesis_transform(n, m), self.config.synthesis_blocks)
         self.h_a = hyper_analysis_transform(n, m)
         self.h_s = hyper_synthesis_transform(n, m)
         self.gain = GainUnit(m, levels=self.config.gain_levels)

@@ -43,7 +43,7 @@ from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
 from ldcodec.codec.diffusion_weights import export_denoiser, load_denoiser
 from ldcodec.codec.entropy_parameters import MEAN_GRID
 from ldcodec.codec.latent_diffusion import matched_timestep, sample_latents, training_alphas_cumprod
-from ldcodec.codec.perceptual_synthesis import block_positions, blocks_of, perceptual_synthesis
+from ldcodec.codec.residual_synthesis import block_positions, blocks_of, with_residual_blocks
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import load_weights
 from ldcodec.train.data import CropSampler, split_images
@@ -95,7 +95,7 @@ class DiffusionTrainConfig:
     #: Learning rate of the perceptual synthesis (it starts from the trained base g_s).
     synthesis_lr: float = 5e-5
     #: g_s layer indexes followed by a residual block in the perceptual synthesis (empty: the plain g_s;
-    #: see :mod:`ldcodec.codec.perceptual_synthesis`).
+    #: see :mod:`ldcodec.codec.residual_synthesis`).
     synthesis_blocks: tuple[int, ...] = ()
     #: Sampler step counts whose outputs the perceptual synthesis is trained on (one drawn per step).
     perceptual_steps: tuple[int, ...] = (1, 2, 4)
@@ -138,7 +138,7 @@ class DiffusionTrainer:
 
             self.lpips = lpips_network(cfg.lpips_weights or None).to(self.device)
             try:
-                self.synthesis = perceptual_synthesis(copy.deepcopy(self.base.g_s), tuple(cfg.synthesis_blocks))
+                self.synthesis = with_residual_blocks(copy.deepcopy(self.base.g_s), tuple(cfg.synthesis_blocks))
             except ValueError as exc:
                 raise SystemExit(f"--synthesis-blocks: {exc}") from None
             self.synthesis.to(self.device).to(memory_format=torch.channels_last)

@@ -3,6 +3,12 @@
 Each sample in a batch gets its own quality t ~ U[0,1] and the matching
 λ(t) (log-linear between the config's λ_min and λ_max), so one set of weights
 learns the whole rate range. Loss = mean over samples of λ·255²·MSE + bpp.
+
+``train_only="synthesis"`` trains g_s alone: the encoder, the entropy model and so the
+bitstream stay as they are, and so do the gains (the diffusion decoder's inputs, ŷ times
+the inverse gain, stay those of the weights the run starts from). With the rate fixed,
+λ would only weigh the rates against each other (the highest would dominate); the loss
+is then the mean log-MSE, which counts a dB gained at any rate alike.
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ from tqdm import tqdm
 
 from ldcodec.codec.allocator import keep_large_allocations
 from ldcodec.codec.checkerboard import CONTEXT_MODES
-from ldcodec.codec.model import HyperpriorModel, ModelConfig
+from ldcodec.codec.model import TRAINED_PARTS, HyperpriorModel, ModelConfig
+from ldcodec.codec.residual_synthesis import load_synthesis
 from ldcodec.codec.precision import resolve_precision
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import export_weights
@@ -62,6 +69,8 @@ class TrainConfig:
     rewarm: bool = False
     #: The latents' rate term: "noise" or "rounded" (see :data:`ldcodec.codec.model.RATE_ESTIMATES`).
     rate_estimate: str = "noise"
+    #: One of :data:`TRAINED_PARTS`.
+    train_only: str = "all"
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -144,15 +153,27 @@ class Trainer:
         self.log_path = self.run_dir / "log.csv"
         torch.manual_seed(cfg.seed)
         # channels_last: 1.6x faster bf16 training steps on this CPU (oneDNN's native layout).
-        self.model = HyperpriorModel(cfg.model).to(self.device, memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(
-            [p for n, p in self.model.named_parameters() if not n.endswith("quantiles")], lr=cfg.lr
-        )
+        try:
+            self.model = HyperpriorModel(cfg.model).to(self.device, memory_format=torch.channels_last)
+        except ValueError as exc:  # e.g. residual blocks after layers g_s does not have
+            raise SystemExit(f"model: {exc}") from None
+        if cfg.train_only not in TRAINED_PARTS:
+            raise SystemExit(f"train_only must be one of {', '.join(TRAINED_PARTS)}, not {cfg.train_only!r}")
+        trained = [p for n, p in self.model.named_parameters() if self._trains(n)]
+        for name, p in self.model.named_parameters():
+            p.requires_grad_(self._trains(name))
+        self.optimizer = torch.optim.Adam(trained, lr=cfg.lr)
         self.step = 0
         self.elapsed = 0.0
         #: Step at which the optimizer state began (warm-up restarts there after ``--init-from``).
         self.warmup_start = 0
         self._resume()
+
+    def _trains(self, name: str) -> bool:
+        """Whether the parameter ``name`` is trained in this run."""
+        if self.cfg.train_only == "synthesis":
+            return name.startswith("g_s.")
+        return not name.endswith("quantiles")
 
     # Checkpoints ----------------------------------------------------------------------
     def _resume(self) -> None:
@@ -162,6 +183,10 @@ class Trainer:
             return
         state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=False)
         self._check_shape(ModelConfig(**state["model_config"]), str(self.checkpoint_path))
+        saved_parts = state.get("train_config", {}).get("train_only", "all")
+        if saved_parts != self.cfg.train_only:
+            raise SystemExit(f"{self.checkpoint_path} trained {saved_parts!r}, not {self.cfg.train_only!r}: "
+                             "a run keeps what it trains (start a new --run)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
@@ -172,18 +197,24 @@ class Trainer:
             self.warmup_start = self.step
         print(f"resumed {self.checkpoint_path} at step {self.step} ({self.elapsed / 3600:.2f} h trained)", flush=True)
 
-    def _check_shape(self, saved: ModelConfig, source: str, adding_context: bool = False) -> None:
+    def _check_shape(self, saved: ModelConfig, source: str, adding: bool = False) -> None:
         """The network's shape must match; the λ range may change (it only shapes the loss).
 
-        With ``adding_context``, weights may start a model with a richer context (each of
-        :data:`CONTEXT_MODES` extends the one before it): what is added starts as a no-op
-        (the last layers of the checkerboard and channel contexts start at zero).
+        With ``adding``, weights may start a model with a richer context (each of
+        :data:`CONTEXT_MODES` extends the one before it) or with more synthesis blocks: what
+        is added starts as a no-op (the last layers of the checkerboard and channel contexts,
+        and of each residual block, start at zero).
         """
         wanted = self.cfg.model.context
-        if (adding_context and saved.shape()[:3] == self.cfg.model.shape()[:3]
+        if (adding and saved.shape()[:3] == self.cfg.model.shape()[:3]
                 and CONTEXT_MODES.index(saved.context) < CONTEXT_MODES.index(wanted)):
             print(f"{source}: adding a {wanted} context to its {saved.context} entropy model", flush=True)
             saved = ModelConfig(**{**saved.to_dict(), "context": wanted})
+        blocks = self.cfg.model.synthesis_blocks
+        if adding and set(saved.synthesis_blocks) < set(blocks):
+            print(f"{source}: adding residual blocks after g_s layers "
+                  f"{sorted(set(blocks) - set(saved.synthesis_blocks))}", flush=True)
+            saved = ModelConfig(**{**saved.to_dict(), "synthesis_blocks": blocks})
         if saved.shape() != self.cfg.model.shape():
             raise SystemExit(f"{source} has model {saved}, not {self.cfg.model}")
         if (saved.lambda_min, saved.lambda_max) != (self.cfg.model.lambda_min, self.cfg.model.lambda_max):
@@ -200,9 +231,11 @@ class Trainer:
         from ldcodec.codec.weights import load_weights
 
         loaded = load_weights(path)
-        self._check_shape(loaded.model.config, path, adding_context=True)
+        self._check_shape(loaded.model.config, path, adding=True)
         # Same shapes (checked above); only a newly added context is missing and keeps its init.
-        self.model.load_state_dict(loaded.model.state_dict(), strict=False)
+        others = {k: v for k, v in loaded.model.state_dict().items() if not k.startswith("g_s.")}
+        self.model.load_state_dict(others, strict=False)
+        load_synthesis(self.model.g_s, loaded.model.g_s)  # new blocks stay the identity
         saved = loaded.model.config
         if (saved.lambda_min, saved.lambda_max) != (self.cfg.model.lambda_min, self.cfg.model.lambda_max):
             # A new λ range: each gain level starts with the gains the old model had at its new λ.
@@ -294,10 +327,13 @@ class Trainer:
             quality = torch.rand(cfg.batch, device=self.device)
             lam = cfg.model.rate_lambda(quality)
             bpp, mse = rd_terms(self.model, x, quality, self.bf16, cfg.rate_estimate)
-            loss = (lam * 255.0**2 * mse + bpp).mean()
+            if cfg.train_only == "synthesis":  # the rate is fixed: every rate's dB counts alike
+                loss = torch.log(mse).mean()
+            else:
+                loss = (lam * 255.0**2 * mse + bpp).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_norm)
             self.optimizer.step()
             self.step += 1
             self.elapsed += time.time() - t0

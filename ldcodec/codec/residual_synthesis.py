@@ -1,15 +1,16 @@
-"""The perceptual synthesis of a diffusion decoder: the base g_s with optional residual blocks.
+"""Synthesis transforms with residual blocks: g_s with more capacity at little cost.
 
 Decodes with steps > 0 synthesise through a copy of the base model's g_s fine-tuned with
-LPIPS (:mod:`ldcodec.codec.diffusion_weights`). That copy has the base transform's
+LPIPS (:mod:`ldcodec.codec.diffusion_weights`). That copy had the base transform's
 capacity, which every sweep since session 6 found to be the limit of the LPIPS gain.
 :class:`ResidualSynthesis` adds CompressAI residual blocks (two 3×3 convolutions) after
 chosen layers of g_s, at the 1/8 and 1/4 resolutions where they are cheap. Each block's
 second convolution starts at zero, so a new block is the identity and fine-tuning starts
 from the plain synthesis it extends.
 
-The block positions are stored in the diffusion file's metadata; a file without them holds
-a plain g_s, loaded as before. Steps 0 never uses this module.
+The same module is the base model's own g_s where its config names blocks
+(``ModelConfig.synthesis_blocks``, models from hp-v9). A diffusion file records the block
+positions of its perceptual synthesis in its metadata; a file without them holds a plain g_s.
 """
 
 from __future__ import annotations
@@ -61,9 +62,33 @@ def block_positions(after) -> tuple[int, ...]:
     return tuple(sorted(set(int(i) for i in after)))
 
 
-def perceptual_synthesis(base_synthesis: nn.Sequential, after: tuple[int, ...] = ()) -> nn.Module:
-    """The plain ``base_synthesis`` (no blocks) or a :class:`ResidualSynthesis` around it."""
+def with_residual_blocks(base_synthesis: nn.Module, after: tuple[int, ...] = ()) -> nn.Module:
+    """``base_synthesis`` with residual blocks after the layers in ``after`` (modules shared, not copied).
+
+    A base that has blocks of its own keeps them: the result has the blocks of both.
+    """
+    if isinstance(base_synthesis, ResidualSynthesis):
+        extended = ResidualSynthesis(base_synthesis.base, base_synthesis.after + tuple(after))
+        for key, block in base_synthesis.blocks.items():
+            extended.blocks[key] = block
+        return extended
     return ResidualSynthesis(base_synthesis, after) if after else base_synthesis
+
+
+def load_synthesis(target: nn.Module, source: nn.Module) -> None:
+    """Copy ``source``'s weights into ``target``, which must have its blocks (and may have more).
+
+    Blocks that only ``target`` has are left as they are (the identity, if new): how a plain
+    g_s starts a synthesis with blocks.
+    """
+    missing = set(blocks_of(source)) - set(blocks_of(target))
+    if missing:
+        raise ValueError(f"the synthesis has no residual blocks after layers {sorted(missing)}")
+    plain_target = target.base if isinstance(target, ResidualSynthesis) else target
+    plain_source = source.base if isinstance(source, ResidualSynthesis) else source
+    plain_target.load_state_dict(plain_source.state_dict())
+    for key, block in getattr(source, "blocks", {}).items():
+        target.blocks[key].load_state_dict(block.state_dict())
 
 
 def blocks_of(synthesis: nn.Module | None) -> tuple[int, ...]:
