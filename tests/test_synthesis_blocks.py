@@ -16,6 +16,7 @@ from ldcodec.codec.residual_synthesis import ResidualSynthesis, with_residual_bl
 from ldcodec.codec.weights import export_weights, load_weights
 from ldcodec.train.trainer import TrainConfig, Trainer
 from tests.conftest import synthetic_image
+from tests.test_train import image_dir  # noqa: F401 (a fixture)
 
 TINY = dict(channels=16, latent_channels=24, gain_levels=4)
 
@@ -79,15 +80,6 @@ def test_a_perceptual_synthesis_keeps_the_blocks_of_its_base(weights_pair):
     assert extended.after == (0, 1, 3)
     assert extended.blocks["1"] is base.blocks["1"] and extended.base is base.base
     assert with_residual_blocks(base, ()).after == (1, 3)
-
-
-@pytest.fixture
-def image_dir(tmp_path, image_factory):
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(6):
-        Image.fromarray(image_factory(72, 80, seed=i)).save(folder / f"img{i}.png")
-    return folder
 
 
 def _config(image_dir, tmp_path, steps, **kw):
