@@ -24,7 +24,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ldcodec.codec.residual_synthesis import blocks_from_metadata, blocks_metadata, with_residual_blocks
+from ldcodec.codec.residual_synthesis import blocks_from_metadata, blocks_metadata, plain_layers, with_residual_blocks
 from ldcodec.codec.weights import save_safetensors_atomically
 from ldcodec.errors import LdcodecError
 
@@ -137,7 +137,8 @@ def load_denoiser(path: str | Path, base_sha256: bytes | None, latent_channels: 
     try:
         denoiser.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(SYNTHESIS_PREFIX)})
         if synthesis_state and base_synthesis is not None:
-            synthesis = with_residual_blocks(copy.deepcopy(base_synthesis), blocks).cpu().float()
+            # The file records every block of its synthesis: build them on the base's plain layers.
+            synthesis = with_residual_blocks(copy.deepcopy(plain_layers(base_synthesis)), blocks).cpu().float()
             synthesis.load_state_dict(synthesis_state)
             synthesis.eval()
     except (RuntimeError, ValueError) as exc:

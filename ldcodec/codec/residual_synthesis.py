@@ -84,11 +84,14 @@ def load_synthesis(target: nn.Module, source: nn.Module) -> None:
     missing = set(blocks_of(source)) - set(blocks_of(target))
     if missing:
         raise ValueError(f"the synthesis has no residual blocks after layers {sorted(missing)}")
-    plain_target = target.base if isinstance(target, ResidualSynthesis) else target
-    plain_source = source.base if isinstance(source, ResidualSynthesis) else source
-    plain_target.load_state_dict(plain_source.state_dict())
+    plain_layers(target).load_state_dict(plain_layers(source).state_dict())
     for key, block in getattr(source, "blocks", {}).items():
         target.blocks[key].load_state_dict(block.state_dict())
+
+
+def plain_layers(synthesis: nn.Module) -> nn.Module:
+    """The plain g_s layers of a synthesis, without its residual blocks."""
+    return synthesis.base if isinstance(synthesis, ResidualSynthesis) else synthesis
 
 
 def blocks_of(synthesis: nn.Module | None) -> tuple[int, ...]:

@@ -43,7 +43,7 @@ from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
 from ldcodec.codec.diffusion_weights import export_denoiser, load_denoiser
 from ldcodec.codec.entropy_parameters import MEAN_GRID
 from ldcodec.codec.latent_diffusion import matched_timestep, sample_latents, training_alphas_cumprod
-from ldcodec.codec.residual_synthesis import block_positions, blocks_of, with_residual_blocks
+from ldcodec.codec.residual_synthesis import block_positions, blocks_of, load_synthesis, with_residual_blocks
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import load_weights
 from ldcodec.train.data import CropSampler, split_images
@@ -268,7 +268,9 @@ class DiffusionTrainer:
                 raise SystemExit(f"{self.checkpoint_path} was trained with perceptual_weight "
                                  f"{'> 0' if state.get('synthesis') is not None else '0'}; keep that setting")
             if self.synthesis is not None:
-                saved_blocks = block_positions(state.get("train_config", {}).get("synthesis_blocks", ()))
+                # The synthesis also has the base g_s's own blocks, whatever --synthesis-blocks said.
+                saved_blocks = block_positions(tuple(state.get("train_config", {}).get("synthesis_blocks", ()))
+                                               + blocks_of(self.base.g_s))
                 if saved_blocks != blocks_of(self.synthesis):
                     raise SystemExit(f"{self.checkpoint_path} has synthesis blocks {list(saved_blocks)}, "
                                      f"not {list(blocks_of(self.synthesis))}; keep that setting")
@@ -301,13 +303,11 @@ class DiffusionTrainer:
     def _init_synthesis(self, loaded) -> None:
         """Start the perceptual synthesis from a file's: the same blocks, or a plain g_s under new blocks."""
         ours, theirs = blocks_of(self.synthesis), blocks_of(loaded)
-        if ours == theirs:
-            self.synthesis.load_state_dict(loaded.state_dict())
-        elif not theirs:  # new blocks (the identity at first) around the file's plain g_s
-            self.synthesis.base.load_state_dict(loaded.state_dict())
-            print(f"residual blocks after g_s layers {list(ours)} added to {self.cfg.init_from}'s synthesis", flush=True)
-        else:
+        if theirs and theirs != ours:
             raise SystemExit(f"{self.cfg.init_from} has synthesis blocks {list(theirs)}, not {list(ours)}")
+        load_synthesis(self.synthesis, loaded)
+        if ours != theirs:  # the file's plain g_s under our blocks
+            print(f"residual blocks after g_s layers {list(ours)} added to {self.cfg.init_from}'s synthesis", flush=True)
 
     def save_checkpoint(self) -> None:
         atomic_torch_save({

@@ -159,10 +159,10 @@ class Trainer:
             raise SystemExit(f"model: {exc}") from None
         if cfg.train_only not in TRAINED_PARTS:
             raise SystemExit(f"train_only must be one of {', '.join(TRAINED_PARTS)}, not {cfg.train_only!r}")
-        trained = [p for n, p in self.model.named_parameters() if self._trains(n)]
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._trains(name))
-        self.optimizer = torch.optim.Adam(trained, lr=cfg.lr)
+        self.trained = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(self.trained, lr=cfg.lr)
         self.step = 0
         self.elapsed = 0.0
         #: Step at which the optimizer state began (warm-up restarts there after ``--init-from``).
@@ -333,7 +333,7 @@ class Trainer:
                 loss = (lam * 255.0**2 * mse + bpp).mean()
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], cfg.clip_norm)
+            torch.nn.utils.clip_grad_norm_(self.trained, cfg.clip_norm)
             self.optimizer.step()
             self.step += 1
             self.elapsed += time.time() - t0
