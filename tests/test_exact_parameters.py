@@ -197,6 +197,8 @@ def test_extreme_hyper_latents_still_code_and_stay_in_range(tiny_exact_weights, 
     ("hp-v8", "8c3862c8bd92868bb96d9769ff2e93bbf298fb7cc6b419d16097dec4a2396781"),  # session 14; tables-v1
     # session 16: hp-v9 trained g_s only, so it writes exactly what hp-v8 writes
     ("hp-v9", "8c3862c8bd92868bb96d9769ff2e93bbf298fb7cc6b419d16097dec4a2396781"),
+    # session 17: hp-v10 trained g_s only again (log-MSE + MS-SSIM), the same sections once more
+    ("hp-v10", "8c3862c8bd92868bb96d9769ff2e93bbf298fb7cc6b419d16097dec4a2396781"),
 ])
 def test_the_shipped_exact_models_write_the_latent_section_they_always_wrote(model_id, digest):
     """Each exact model's section bytes, pinned at its release: the same on every machine, no MKL setting needed."""

@@ -63,10 +63,14 @@ def synthesis_blocks_option(help_text: str):
 @click.option("--train-only", type=click.Choice(TRAINED_PARTS), default="all", show_default=True,
               help="synthesis: train g_s alone on the mean log-MSE; the encoder, the gains, the entropy "
                    "model and so the bitstream stay those of --init-from.")
+@click.option("--msssim-weight", default=0.0, show_default=True,
+              help="With --train-only synthesis: share w of the MS-SSIM term in the loss "
+                   "(1-w)·log MSE + w·log(1-MS-SSIM); needs --crop > 160.")
 @click.option("--seed", default=0, show_default=True)
 def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, latent_channels, context, lambda_min,
                   lambda_max, device, precision, threads, checkpoint_dir, max_minutes, export_path, init_from, rewarm,
-                  rate_estimate, parameter_arithmetic, symbol_model, synthesis_blocks, train_only, seed):
+                  rate_estimate, parameter_arithmetic, symbol_model, synthesis_blocks, train_only, msssim_weight,
+                  seed):
     """Train a variable-rate model on the images in DATA (resumes from the run's checkpoint).
 
     A held-out split (about 1 image in 20, chosen by a hash of its path) is never
@@ -81,7 +85,7 @@ def train_command(data, run, steps, batch, crop, lr, decay_fraction, channels, l
         device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), max_minutes=max_minutes,
         export=export_path, init_from=init_from, rewarm=rewarm, rate_estimate=rate_estimate, seed=seed,
-        train_only=train_only,
+        train_only=train_only, msssim_weight=msssim_weight,
         model=ModelConfig(channels=channels, latent_channels=latent_channels, context=context,
                           lambda_min=lambda_min, lambda_max=lambda_max, parameter_arithmetic=parameter_arithmetic,
                           symbol_model=symbol_model, synthesis_blocks=synthesis_blocks),

@@ -4,4 +4,4 @@ Kept free of imports so that the CLI's defaults, the trainers and the tools can 
 cheaply (``ldcodec train --run``, ``train-diffusion --base`` and the plot tools default to it).
 """
 
-DEFAULT_MODEL_ID = "hp-v9"
+DEFAULT_MODEL_ID = "hp-v10"

@@ -8,7 +8,8 @@ learns the whole rate range. Loss = mean over samples of λ·255²·MSE + bpp.
 bitstream stay as they are, and so do the gains (the diffusion decoder's inputs, ŷ times
 the inverse gain, stay those of the weights the run starts from). With the rate fixed,
 λ would only weigh the rates against each other (the highest would dominate); the loss
-is then the mean log-MSE, which counts a dB gained at any rate alike.
+is then the mean log-MSE, which counts a dB gained at any rate alike. ``msssim_weight`` w
+mixes in MS-SSIM the same way: (1 − w)·log MSE + w·log(1 − MS-SSIM), each term a dB scale.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ldcodec.codec.precision import resolve_precision
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import export_weights
 from ldcodec.train.data import CropSampler, split_images
+from ldcodec.train.ms_ssim import check_ms_ssim_crop, ms_ssim_per_sample
 
 DEFAULT_CHECKPOINT_DIR = Path(os.environ.get("LDCODEC_TRAIN_DIR", Path.home() / ".cache" / "ldcodec-train"))
 
@@ -71,6 +73,8 @@ class TrainConfig:
     rate_estimate: str = "noise"
     #: One of :data:`TRAINED_PARTS`.
     train_only: str = "all"
+    #: Share of the MS-SSIM term in a decoder-only run's loss (0: log-MSE alone).
+    msssim_weight: float = 0.0
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -128,14 +132,16 @@ def learning_rate(cfg: TrainConfig, step: int, warmup_start: int = 0) -> float:
 
 
 def rd_terms(model: HyperpriorModel, x: torch.Tensor, quality: torch.Tensor, bf16: bool,
-             rate_estimate: str = "noise"):
-    """Per-sample (bpp, mse) of a batch."""
+             rate_estimate: str = "noise", with_ms_ssim: bool = False):
+    """Per-sample (bpp, mse) of a batch, and its MS-SSIM (``with_ms_ssim``) as a third term."""
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x, quality, rate_estimate=rate_estimate)
     pixels = x.shape[2] * x.shape[3]
     bits = -(out.y_likelihoods.log2().sum(dim=(1, 2, 3)) + out.z_likelihoods.log2().sum(dim=(1, 2, 3)))
     bpp = bits / pixels
     mse = ((out.x_hat.float() - x) ** 2).mean(dim=(1, 2, 3))
+    if with_ms_ssim:
+        return bpp, mse, ms_ssim_per_sample(out.x_hat.float(), x)
     return bpp, mse
 
 
@@ -159,6 +165,11 @@ class Trainer:
             raise SystemExit(f"model: {exc}") from None
         if cfg.train_only not in TRAINED_PARTS:
             raise SystemExit(f"train_only must be one of {', '.join(TRAINED_PARTS)}, not {cfg.train_only!r}")
+        if cfg.msssim_weight:
+            if cfg.train_only != "synthesis" or not 0.0 < cfg.msssim_weight <= 1.0:
+                raise SystemExit("msssim_weight (0 < w <= 1) weighs a decoder-only run's loss: "
+                                 "use it with train_only='synthesis'")
+            check_ms_ssim_crop(cfg.crop)
         for name, p in self.model.named_parameters():
             p.requires_grad_(self._trains(name))
         self.trained = [p for p in self.model.parameters() if p.requires_grad]
@@ -187,6 +198,10 @@ class Trainer:
         if saved_parts != self.cfg.train_only:
             raise SystemExit(f"{self.checkpoint_path} trained {saved_parts!r}, not {self.cfg.train_only!r}: "
                              "a run keeps what it trains (start a new --run)")
+        saved_weight = state.get("train_config", {}).get("msssim_weight", 0.0)
+        if saved_weight != self.cfg.msssim_weight:
+            raise SystemExit(f"{self.checkpoint_path} trained with MS-SSIM weight {saved_weight}, not "
+                             f"{self.cfg.msssim_weight}: a run keeps its loss (start a new --run)")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = state["step"]
@@ -301,6 +316,18 @@ class Trainer:
         self.model.train()
         return row
 
+    def loss(self, x: torch.Tensor, quality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's loss, and its per-sample (bpp, mse)."""
+        cfg = self.cfg
+        if cfg.msssim_weight:
+            bpp, mse, ms_ssim = rd_terms(self.model, x, quality, self.bf16, cfg.rate_estimate, with_ms_ssim=True)
+            w = cfg.msssim_weight
+            return ((1.0 - w) * torch.log(mse) + w * torch.log((1.0 - ms_ssim).clamp_min(1e-6))).mean(), bpp, mse
+        bpp, mse = rd_terms(self.model, x, quality, self.bf16, cfg.rate_estimate)
+        if cfg.train_only == "synthesis":  # the rate is fixed: every rate's dB counts alike
+            return torch.log(mse).mean(), bpp, mse
+        return (cfg.model.rate_lambda(quality) * 255.0**2 * mse + bpp).mean(), bpp, mse
+
     def run(self) -> None:
         cfg = self.cfg
         train_files, held_files = split_images(cfg.data)
@@ -325,12 +352,7 @@ class Trainer:
                 group["lr"] = learning_rate(cfg, self.step, self.warmup_start)
             x = torch.from_numpy(sampler.batch(cfg.batch)).to(self.device).contiguous(memory_format=torch.channels_last)
             quality = torch.rand(cfg.batch, device=self.device)
-            lam = cfg.model.rate_lambda(quality)
-            bpp, mse = rd_terms(self.model, x, quality, self.bf16, cfg.rate_estimate)
-            if cfg.train_only == "synthesis":  # the rate is fixed: every rate's dB counts alike
-                loss = torch.log(mse).mean()
-            else:
-                loss = (lam * 255.0**2 * mse + bpp).mean()
+            loss, bpp, mse = self.loss(x, quality)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.trained, cfg.clip_norm)
