@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import torch
 
-#: pytorch-msssim downsamples 4 times with an 11-px window: the smaller side must exceed this.
-MIN_SIDE = (11 - 1) * 2**4
+from ldcodec.eval.metrics import MS_SSIM_MIN_SIDE
 
 
 def check_ms_ssim_crop(crop: int) -> None:
     """A clear error, before training starts, for crops MS-SSIM cannot measure."""
-    if crop <= MIN_SIDE:
-        raise SystemExit(f"an MS-SSIM loss needs crops larger than {MIN_SIDE} px (its five scales), not {crop}")
+    if crop < MS_SSIM_MIN_SIDE:
+        raise SystemExit(f"an MS-SSIM loss needs crops larger than {MS_SSIM_MIN_SIDE - 1} px (its five scales), "
+                         f"not {crop}")
     try:
         import pytorch_msssim  # noqa: F401
     except ImportError:

@@ -139,9 +139,10 @@ def rd_terms(model: HyperpriorModel, x: torch.Tensor, quality: torch.Tensor, bf1
     pixels = x.shape[2] * x.shape[3]
     bits = -(out.y_likelihoods.log2().sum(dim=(1, 2, 3)) + out.z_likelihoods.log2().sum(dim=(1, 2, 3)))
     bpp = bits / pixels
-    mse = ((out.x_hat.float() - x) ** 2).mean(dim=(1, 2, 3))
+    x_hat = out.x_hat.float()
+    mse = ((x_hat - x) ** 2).mean(dim=(1, 2, 3))
     if with_ms_ssim:
-        return bpp, mse, ms_ssim_per_sample(out.x_hat.float(), x)
+        return bpp, mse, ms_ssim_per_sample(x_hat, x)
     return bpp, mse
 
 
