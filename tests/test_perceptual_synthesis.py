@@ -141,3 +141,42 @@ def test_cli_refuses_block_positions_that_are_not_numbers(tmp_path):
 
     result = CliRunner().invoke(cli, ["train-diffusion", str(tmp_path), "--synthesis-blocks", "1,x"])
     assert result.exit_code == 2 and "--synthesis-blocks" in result.output and "Traceback" not in result.output
+
+
+def test_synthesis_from_base_takes_the_denoiser_from_the_file_and_g_s_from_the_base(tmp_path):
+    """A new base g_s (trained past the one a file's synthesis was tuned from) can be the starting point."""
+    pytest.importorskip("lpips")
+    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+
+    images = _image_folder(tmp_path)
+    base = tiny_base(tmp_path)
+    tuned = _randomised(with_residual_blocks(_g_s(base), (1,)))
+    with torch.no_grad():
+        for p in tuned.base.parameters():
+            p.add_(0.01)
+    torch.manual_seed(3)
+    denoiser = LatentDenoiser(TINY_DENOISER)
+    with torch.no_grad():
+        for p in denoiser.parameters():
+            p.normal_(std=0.02)
+    init_file = tmp_path / "old.safetensors"
+    export_denoiser(denoiser, init_file, load_weights(base).sha256, "base", info={"steps": 10}, synthesis=tuned)
+
+    def trainer(synthesis_from, run):
+        return DiffusionTrainer(DiffusionTrainConfig(
+            data=str(images), base=str(base), run=run, steps=10, batch=2, crop=64, threads=1, precision="fp32",
+            checkpoint_dir=str(tmp_path / "ckpt"), scale_batches=1, denoiser=TINY_DENOISER,
+            lpips_weights=str(_fake_lpips_file(tmp_path)), perceptual_steps=(1,), init_from=str(init_file),
+            synthesis_blocks=(1,), synthesis_from=synthesis_from))
+
+    fresh, kept = trainer("base", "fresh"), trainer("init", "kept")
+    for t in (fresh, kept):
+        assert t.step == 10
+        for k, v in denoiser.state_dict().items():
+            assert torch.equal(t.denoiser.state_dict()[k], v.half().float() if v.is_floating_point() else v), k
+    y = torch.randn(1, 24, 4, 4)
+    with torch.no_grad():
+        assert torch.equal(fresh.synthesis(y), _g_s(base)(y))  # the base g_s, its new blocks the identity
+        assert not torch.allclose(kept.synthesis(y), fresh.synthesis(y))
+    with pytest.raises(SystemExit, match="synthesis_from"):
+        trainer("elsewhere", "bad")

@@ -29,19 +29,27 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
 @click.option("--export", "export_path", default="", help="Write the diffusion weights here at every checkpoint and "
               "at the end (the decoder looks for <base>-diffusion.safetensors beside the base weights).")
 @click.option("--init-from", default="", help="Diffusion weights to start from when the run has no checkpoint.")
+@click.option("--synthesis-from", type=click.Choice(["init", "base"]), default="init", show_default=True,
+              help="With --init-from: start the fine-tuned synthesis from that file's (init) or from the base "
+              "model's own g_s (base; only the denoiser comes from the file).")
 @click.option("--perceptual-weight", default=1.0, show_default=True,
               help="LPIPS weight of the fine-tuned synthesis used at steps > 0; 0 = keep the base g_s.")
 @click.option("--mse-weight", default=150.0, show_default=True, help="Pixel-MSE weight (images in [0, 1]) of that loss.")
 @click.option("--mse-weight-low", default=0.0, show_default=True,
               help="Pixel-MSE weight at quality 0, log-interpolated to --mse-weight at quality 1 (low rates lean "
               "towards LPIPS); 0 = --mse-weight at every rate.")
+@click.option("--adversarial-weight", default=0.0, show_default=True,
+              help="Weight of an adversarial term (conditional patch discriminator, trained alongside) in that "
+              "loss; 0 = none.")
+@click.option("--discriminator-lr", default=1e-4, show_default=True, help="Learning rate of that discriminator.")
 @click.option("--synthesis-lr", default=5e-5, show_default=True, help="Learning rate of the fine-tuned synthesis.")
 @synthesis_blocks_option("Comma-separated g_s layer indexes to follow with a residual block in the fine-tuned "
                          "synthesis (e.g. 1,3: at 1/8 and 1/4 resolution); empty = the plain g_s.")
 @click.option("--seed", default=0, show_default=True)
 def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
-                            checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, perceptual_weight,
-                            mse_weight, mse_weight_low, synthesis_lr, synthesis_blocks, seed):
+                            checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, synthesis_from,
+                            perceptual_weight, mse_weight, mse_weight_low, adversarial_weight, discriminator_lr,
+                            synthesis_lr, synthesis_blocks, seed):
     """Train the diffusion decoder of a base model on the images in DATA (resumes from the run's checkpoint).
 
     The base model stays frozen (encoder and bitstream do not change); the denoiser
@@ -61,8 +69,10 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
         data=data, base=base, run=run or f"{Path(base).stem}-diffusion", steps=steps, batch=batch, crop=crop, lr=lr,
         warmup=warmup, decay_fraction=decay_fraction, device=device, precision=precision, threads=threads,
         checkpoint_dir=checkpoint_dir or str(DEFAULT_CHECKPOINT_DIR), checkpoint_minutes=checkpoint_minutes,
-        max_minutes=max_minutes, export=export_path, init_from=init_from, seed=seed,
+        max_minutes=max_minutes, export=export_path, init_from=init_from,
+        synthesis_from=synthesis_from, seed=seed,
         perceptual_weight=perceptual_weight, mse_weight=mse_weight, mse_weight_low=mse_weight_low,
+        adversarial_weight=adversarial_weight, discriminator_lr=discriminator_lr,
         synthesis_lr=synthesis_lr, synthesis_blocks=synthesis_blocks,
     )
     DiffusionTrainer(cfg).run()

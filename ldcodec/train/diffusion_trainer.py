@@ -18,6 +18,8 @@ base model's gained latents y_g and their quantized version ŷ_g = round(y_g −
   ``mse_weight_low`` the MSE weight follows the batch's quality, log-interpolated from
   ``mse_weight_low`` at q = 0 to ``mse_weight`` at q = 1: at low rates, where a decode
   keeps little of the image, it leans towards LPIPS; at high rates towards PSNR.
+  With ``adversarial_weight`` > 0 the loss also has an adversarial term from a conditional
+  patch discriminator (:mod:`ldcodec.train.discriminator`), trained in turn on the same batch.
 
 The base model never changes: the encoder, the bitstream and steps 0 stay as they are.
 """
@@ -47,6 +49,7 @@ from ldcodec.codec.residual_synthesis import block_positions, blocks_of, load_sy
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import load_weights
 from ldcodec.train.data import CropSampler, split_images
+from ldcodec.train.discriminator import PatchDiscriminator, discriminator_loss, generator_loss
 from ldcodec.train.trainer import (
     DEFAULT_CHECKPOINT_DIR,
     atomic_torch_save,
@@ -56,6 +59,10 @@ from ldcodec.train.trainer import (
     stop_on_sigterm,
     use_bf16,
 )
+
+
+#: Where the perceptual synthesis may start when ``init_from`` is set (see ``synthesis_from``).
+SYNTHESIS_STARTS = ("init", "base")
 
 
 @dataclass
@@ -84,6 +91,10 @@ class DiffusionTrainConfig:
     export: str = ""
     #: Diffusion weights to start from when the run has no checkpoint yet.
     init_from: str = ""
+    #: Where the perceptual synthesis starts with ``init_from``: "init" (that file's synthesis) or "base"
+    #: (a fresh copy of the base g_s; only the denoiser comes from the file), for when the base g_s has
+    #: moved past the one the file's synthesis was tuned from.
+    synthesis_from: str = "init"
     #: Batches used once, at a fresh start, to measure the per-channel latent scale.
     scale_batches: int = 4
     #: Weight of LPIPS in the perceptual synthesis' loss; 0 = no perceptual synthesis (base g_s at steps > 0).
@@ -92,6 +103,10 @@ class DiffusionTrainConfig:
     mse_weight: float = 150.0
     #: MSE weight at quality 0 (log-interpolated to ``mse_weight`` at quality 1); 0 = ``mse_weight`` at every rate.
     mse_weight_low: float = 0.0
+    #: Weight of the adversarial term in the perceptual synthesis' loss (0: none, no discriminator).
+    adversarial_weight: float = 0.0
+    #: Learning rate of the discriminator (Adam, betas 0.5 / 0.999).
+    discriminator_lr: float = 1e-4
     #: Learning rate of the perceptual synthesis (it starts from the trained base g_s).
     synthesis_lr: float = 5e-5
     #: g_s layer indexes followed by a residual block in the perceptual synthesis (empty: the plain g_s;
@@ -107,12 +122,14 @@ class DiffusionTrainConfig:
 
 class DiffusionTrainer:
     LOG_FIELDS = ["step", "hours", "lr", "loss", "yhat_loss", "psnr", "lpips", "val_loss", "val_psnr", "val_lpips",
-                  "val_base_psnr", "val_base_lpips"]
+                  "val_base_psnr", "val_base_lpips", "adv", "disc"]
     #: Fixed validation qualities of the perceptual check (the low rates the issue targets, and one higher).
     VALIDATION_QUALITIES = (0.1, 0.4)
 
     def __init__(self, cfg: DiffusionTrainConfig):
         self.cfg = cfg
+        if cfg.synthesis_from not in SYNTHESIS_STARTS:
+            raise SystemExit(f"synthesis_from must be one of {', '.join(SYNTHESIS_STARTS)}, not {cfg.synthesis_from!r}")
         self.device = pick_device(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.device)
         keep_large_allocations()  # large batches' activations reused, not page-faulted in each step
@@ -146,6 +163,15 @@ class DiffusionTrainer:
                 p.requires_grad_(True)
             groups.append({"params": list(self.synthesis.parameters()), "lr_scale": cfg.synthesis_lr / cfg.lr})
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
+        self.discriminator = self.d_optimizer = None
+        if cfg.adversarial_weight < 0 or (cfg.adversarial_weight > 0 and self.synthesis is None):
+            raise SystemExit(f"the adversarial weight must be ≥ 0 and needs a perceptual synthesis "
+                             f"(perceptual weight > 0), not {cfg.adversarial_weight} with {cfg.perceptual_weight}")
+        if cfg.adversarial_weight > 0:
+            self.discriminator = PatchDiscriminator(m).to(self.device)
+            self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.discriminator_lr,
+                                                betas=(0.5, 0.999))
+        self._last_decode: tuple[torch.Tensor, torch.Tensor] | None = None
         self.alphas = training_alphas_cumprod(self.denoiser_config.num_train_timesteps).to(self.device)
         self.step = 0
         self.elapsed = 0.0
@@ -206,7 +232,25 @@ class DiffusionTrainer:
             terms["mse"] = F.mse_loss(x_hat.float(), x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 terms["lpips"] = self.lpips(x_hat * 2 - 1, x * 2 - 1).float().mean()
+            if self.discriminator is not None:
+                self.discriminator.requires_grad_(False)  # this term trains the synthesis only
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                    terms["adv"] = generator_loss(self.discriminator(x_hat, cond).float())
+                self.discriminator.requires_grad_(True)
+                self._last_decode = (x_hat.detach(), cond.detach())
         return terms
+
+    def discriminator_step(self, x: torch.Tensor) -> float:
+        """One critic update on the batch just decoded by :meth:`loss_terms`: real ``x`` against it."""
+        fake, cond = self._last_decode
+        self._last_decode = None
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = discriminator_loss(self.discriminator(x, cond).float(), self.discriminator(fake, cond).float())
+        self.d_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), self.cfg.clip_norm)
+        self.d_optimizer.step()
+        return loss.item()
 
     def x0_loss(self, clean: torch.Tensor, cond: torch.Tensor, quality: torch.Tensor, inverse_gain: torch.Tensor,
                 generator: torch.Generator | None = None) -> torch.Tensor:
@@ -275,6 +319,13 @@ class DiffusionTrainer:
                     raise SystemExit(f"{self.checkpoint_path} has synthesis blocks {list(saved_blocks)}, "
                                      f"not {list(blocks_of(self.synthesis))}; keep that setting")
                 self.synthesis.load_state_dict(state["synthesis"])
+            if (state.get("discriminator") is not None) != (self.discriminator is not None):
+                raise SystemExit(f"{self.checkpoint_path} was trained "
+                                 f"{'with' if state.get('discriminator') is not None else 'without'} an adversarial "
+                                 f"term; a run keeps its loss (start a new --run with --init-from its export)")
+            if self.discriminator is not None:
+                self.discriminator.load_state_dict(state["discriminator"])
+                self.d_optimizer.load_state_dict(state["d_optimizer"])
             self.optimizer.load_state_dict(state["optimizer"])
             self.step, self.elapsed = state["step"], state.get("elapsed", 0.0)
             self.warmup_start = state.get("warmup_start", 0)
@@ -292,8 +343,10 @@ class DiffusionTrainer:
             if loaded.denoiser.config != self.denoiser_config:
                 raise SystemExit(f"{self.cfg.init_from} has denoiser {loaded.denoiser.config}, not {self.denoiser_config}")
             self.denoiser.load_state_dict(loaded.denoiser.state_dict())
-            if self.synthesis is not None and loaded.synthesis is not None:
+            if self.synthesis is not None and loaded.synthesis is not None and self.cfg.synthesis_from == "init":
                 self._init_synthesis(loaded.synthesis)
+            elif self.synthesis is not None:
+                print(f"perceptual synthesis starts from {self.cfg.base}'s g_s", flush=True)
             info = json.loads(loaded.metadata.get("training", "{}"))
             self.step = self.warmup_start = int(info.get("steps", 0))
             print(f"initialised from {self.cfg.init_from} (step {self.step}, fresh optimizer)", flush=True)
@@ -314,6 +367,8 @@ class DiffusionTrainer:
             "denoiser": self.denoiser.state_dict(),
             "synthesis": self.synthesis.state_dict() if self.synthesis is not None else None,
             "optimizer": self.optimizer.state_dict(),
+            "discriminator": self.discriminator.state_dict() if self.discriminator is not None else None,
+            "d_optimizer": self.d_optimizer.state_dict() if self.d_optimizer is not None else None,
             "step": self.step,
             "elapsed": self.elapsed,
             "warmup_start": self.warmup_start,
@@ -328,7 +383,9 @@ class DiffusionTrainer:
                 "batch": self.cfg.batch, "crop": self.cfg.crop, "lr": self.cfg.lr, "device": str(self.device),
                 "perceptual_weight": self.cfg.perceptual_weight, "mse_weight": self.cfg.mse_weight,
                 "mse_weight_low": self.mse_weight_low,
-                "synthesis_lr": self.cfg.synthesis_lr, "synthesis_blocks": list(blocks_of(self.synthesis)),
+                "adversarial_weight": self.cfg.adversarial_weight,
+                "synthesis_lr": self.cfg.synthesis_lr, "synthesis_from": self.cfg.synthesis_from,
+                "synthesis_blocks": list(blocks_of(self.synthesis)),
                 "perceptual_steps": list(self.cfg.perceptual_steps),
                 "precision": "bf16" if self.bf16 else "fp32", "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__}
@@ -387,8 +444,12 @@ class DiffusionTrainer:
 
     def _log(self, row: dict) -> None:
         new = not self.log_path.exists()
+        fields = self.LOG_FIELDS
+        if not new:  # a log begun by an older version keeps its own columns
+            with open(self.log_path, newline="") as f:
+                fields = next(csv.reader(f), None) or fields
         with open(self.log_path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.LOG_FIELDS)
+            writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
             writer.writerow(row)
@@ -415,11 +476,15 @@ class DiffusionTrainer:
             loss = terms["loss"]
             if self.synthesis is not None:
                 loss = loss + self.mse_weight_at(quality[0]) * terms["mse"] + cfg.perceptual_weight * terms["lpips"]
+            if self.discriminator is not None:
+                loss = loss + cfg.adversarial_weight * terms["adv"]
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in self.optimizer.param_groups:
                 torch.nn.utils.clip_grad_norm_(group["params"], cfg.clip_norm)
             self.optimizer.step()
+            if self.discriminator is not None:
+                terms["disc"] = torch.tensor(self.discriminator_step(x))
             self.step += 1
             self.elapsed += time.time() - t0
             self.history.append(terms["loss"].item())
@@ -433,6 +498,8 @@ class DiffusionTrainer:
                 if "mse" in mean:
                     row["psnr"] = round(10 * math.log10(1 / max(mean["mse"], 1e-10)), 3)
                     row["lpips"] = round(mean["lpips"], 4)
+                if "adv" in mean:
+                    row["adv"], row["disc"] = round(mean["adv"], 4), round(mean["disc"], 4)
                 if self.step % cfg.validate_every == 0:
                     row["val_loss"] = round(self.validation_loss(), 5)
                     if self.synthesis is not None:
