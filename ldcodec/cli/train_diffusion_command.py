@@ -41,6 +41,9 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
 @click.option("--adversarial-weight", default=0.0, show_default=True,
               help="Weight of an adversarial term (conditional patch discriminator, trained alongside) in that "
               "loss; 0 = none.")
+@click.option("--denoiser-perceptual-weight", default=0.0, show_default=True,
+              help="Scale of that loss as it reaches the denoiser through the sampler (on top of its diffusion "
+              "loss); 0 = the denoiser learns from the diffusion loss only.")
 @click.option("--discriminator-lr", default=1e-4, show_default=True, help="Learning rate of that discriminator.")
 @click.option("--synthesis-lr", default=5e-5, show_default=True, help="Learning rate of the fine-tuned synthesis.")
 @synthesis_blocks_option("Comma-separated g_s layer indexes to follow with a residual block in the fine-tuned "
@@ -48,8 +51,8 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
 @click.option("--seed", default=0, show_default=True)
 def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
                             checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, synthesis_from,
-                            perceptual_weight, mse_weight, mse_weight_low, adversarial_weight, discriminator_lr,
-                            synthesis_lr, synthesis_blocks, seed):
+                            perceptual_weight, mse_weight, mse_weight_low, adversarial_weight, denoiser_perceptual_weight,
+                            discriminator_lr, synthesis_lr, synthesis_blocks, seed):
     """Train the diffusion decoder of a base model on the images in DATA (resumes from the run's checkpoint).
 
     The base model stays frozen (encoder and bitstream do not change); the denoiser
@@ -72,7 +75,8 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
         max_minutes=max_minutes, export=export_path, init_from=init_from,
         synthesis_from=synthesis_from, seed=seed,
         perceptual_weight=perceptual_weight, mse_weight=mse_weight, mse_weight_low=mse_weight_low,
-        adversarial_weight=adversarial_weight, discriminator_lr=discriminator_lr,
+        adversarial_weight=adversarial_weight, denoiser_perceptual_weight=denoiser_perceptual_weight,
+        discriminator_lr=discriminator_lr,
         synthesis_lr=synthesis_lr, synthesis_blocks=synthesis_blocks,
     )
     DiffusionTrainer(cfg).run()

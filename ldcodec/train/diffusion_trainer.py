@@ -13,13 +13,19 @@ base model's gained latents y_g and their quantized version ŷ_g = round(y_g −
 * **Perceptual synthesis** (``perceptual_weight`` > 0) — a copy of the base g_s is
   fine-tuned on what the decoder will feed it: the output of the actual sampler
   (DPM-Solver++, matched start, K ∈ ``perceptual_steps``, a random seed), computed
-  without gradients, so the denoiser learns from the diffusion loss only. Its loss is
+  without gradients, so the denoiser learns from the diffusion loss only (unless
+  ``denoiser_perceptual_weight`` > 0, below). Its loss is
   ``mse_weight``·MSE + ``perceptual_weight``·LPIPS(AlexNet) against the crop. With
   ``mse_weight_low`` the MSE weight follows the batch's quality, log-interpolated from
   ``mse_weight_low`` at q = 0 to ``mse_weight`` at q = 1: at low rates, where a decode
   keeps little of the image, it leans towards LPIPS; at high rates towards PSNR.
   With ``adversarial_weight`` > 0 the loss also has an adversarial term from a conditional
   patch discriminator (:mod:`ldcodec.train.discriminator`), trained in turn on the same batch.
+* **Perceptual denoiser** (``denoiser_perceptual_weight`` > 0) — the sampler runs with
+  gradients, and that loss reaches the denoiser too, scaled by the weight, on top of its
+  diffusion objective (as CDC, Yang & Mandt 2023, adds LPIPS to the x0-parameterised
+  diffusion loss). The denoiser already runs at every steps > 0 decode, at 1/16 resolution:
+  this puts its capacity to work on what the decode looks like at no cost in decode time.
 
 The base model never changes: the encoder, the bitstream and steps 0 stay as they are.
 """
@@ -107,6 +113,9 @@ class DiffusionTrainConfig:
     adversarial_weight: float = 0.0
     #: Learning rate of the discriminator (Adam, betas 0.5 / 0.999).
     discriminator_lr: float = 1e-4
+    #: Scale of the perceptual synthesis' loss as it reaches the denoiser through the sampler
+    #: (0: the sampler runs without gradients; the denoiser learns from the diffusion loss only).
+    denoiser_perceptual_weight: float = 0.0
     #: Learning rate of the perceptual synthesis (it starts from the trained base g_s).
     synthesis_lr: float = 5e-5
     #: g_s layer indexes followed by a residual block in the perceptual synthesis (empty: the plain g_s;
@@ -167,6 +176,10 @@ class DiffusionTrainer:
         if cfg.adversarial_weight < 0 or (cfg.adversarial_weight > 0 and self.synthesis is None):
             raise SystemExit(f"the adversarial weight must be ≥ 0 and needs a perceptual synthesis "
                              f"(perceptual weight > 0), not {cfg.adversarial_weight} with {cfg.perceptual_weight}")
+        if cfg.denoiser_perceptual_weight < 0 or (cfg.denoiser_perceptual_weight > 0 and self.synthesis is None):
+            raise SystemExit(f"the denoiser's perceptual weight must be ≥ 0 and needs a perceptual synthesis "
+                             f"(perceptual weight > 0), not {cfg.denoiser_perceptual_weight} with "
+                             f"{cfg.perceptual_weight}")
         if cfg.adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(m).to(self.device)
             self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.discriminator_lr,
@@ -264,13 +277,18 @@ class DiffusionTrainer:
 
     def perceptual_decode(self, cond: torch.Tensor, quality: torch.Tensor, inverse_gain: torch.Tensor, steps: int,
                           seed: int) -> torch.Tensor:
-        """What a decode with ``steps`` > 0 produces: sampler (no gradient) -> synthesis (gradient)."""
+        """What a decode with ``steps`` > 0 produces: sampler -> synthesis (gradient). The sampler
+        passes gradients to the denoiser, scaled by ``denoiser_perceptual_weight``, only where that is > 0."""
+        weight = self.cfg.denoiser_perceptual_weight
         was_training = self.denoiser.training
         self.denoiser.eval()
-        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and weight > 0), \
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             sigma = float(self.denoiser.quantization_sigma(inverse_gain[:1])[0])
             x0 = sample_latents(self.denoiser, cond, quality[:1], sigma, steps, seed=seed)
         self.denoiser.train(was_training)
+        if x0.requires_grad:  # the same values; the gradient into the denoiser scaled by the weight
+            x0 = x0.detach() + weight * (x0 - x0.detach())
         ungained = (self.denoiser.denormalise(x0, inverse_gain) * inverse_gain).contiguous(
             memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -384,6 +402,7 @@ class DiffusionTrainer:
                 "perceptual_weight": self.cfg.perceptual_weight, "mse_weight": self.cfg.mse_weight,
                 "mse_weight_low": self.mse_weight_low,
                 "adversarial_weight": self.cfg.adversarial_weight,
+                "denoiser_perceptual_weight": self.cfg.denoiser_perceptual_weight,
                 "synthesis_lr": self.cfg.synthesis_lr, "synthesis_from": self.cfg.synthesis_from,
                 "synthesis_blocks": list(blocks_of(self.synthesis)),
                 "perceptual_steps": list(self.cfg.perceptual_steps),
