@@ -173,13 +173,11 @@ class DiffusionTrainer:
             groups.append({"params": list(self.synthesis.parameters()), "lr_scale": cfg.synthesis_lr / cfg.lr})
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
         self.discriminator = self.d_optimizer = None
-        if cfg.adversarial_weight < 0 or (cfg.adversarial_weight > 0 and self.synthesis is None):
-            raise SystemExit(f"the adversarial weight must be ≥ 0 and needs a perceptual synthesis "
-                             f"(perceptual weight > 0), not {cfg.adversarial_weight} with {cfg.perceptual_weight}")
-        if cfg.denoiser_perceptual_weight < 0 or (cfg.denoiser_perceptual_weight > 0 and self.synthesis is None):
-            raise SystemExit(f"the denoiser's perceptual weight must be ≥ 0 and needs a perceptual synthesis "
-                             f"(perceptual weight > 0), not {cfg.denoiser_perceptual_weight} with "
-                             f"{cfg.perceptual_weight}")
+        for name, weight in (("adversarial weight", cfg.adversarial_weight),
+                             ("denoiser's perceptual weight", cfg.denoiser_perceptual_weight)):
+            if weight < 0 or (weight > 0 and self.synthesis is None):  # both act through the synthesis' loss
+                raise SystemExit(f"the {name} must be ≥ 0 and needs a perceptual synthesis "
+                                 f"(perceptual weight > 0), not {weight} with {cfg.perceptual_weight}")
         if cfg.adversarial_weight > 0:
             self.discriminator = PatchDiscriminator(m).to(self.device)
             self.d_optimizer = torch.optim.Adam(self.discriminator.parameters(), lr=cfg.discriminator_lr,
