@@ -83,21 +83,27 @@ def test_eval_report_takes_in_the_sweep_of_its_results_folder(tmp_path, image_fa
     assert "## Diffusion decoder sweep" in report and "| K=4 | 0.1 |" in report
 
 
-def test_sweep_benchmark_compares_another_diffusion_file_on_the_main_curves(sweep_codec, tmp_path, monkeypatch):
-    """``--diffusion`` and ``--variants main``: how a diffusion candidate is measured before it ships."""
+def _sweep_script():
+    """benchmarks/bench_diffusion_sweep.py as a module (it is a script, not part of the package)."""
     import importlib.util
     from pathlib import Path
 
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_diffusion_sweep.py"
+    spec = importlib.util.spec_from_file_location("bench_diffusion_sweep", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_sweep_benchmark_compares_another_diffusion_file_on_the_main_curves(sweep_codec, tmp_path, monkeypatch):
+    """``--diffusion`` and ``--variants main``: how a diffusion candidate is measured before it ships."""
     _, base = sweep_codec
     candidate = tmp_path / "candidate.safetensors"
     export_denoiser(random_denoiser(), candidate, load_weights(base).sha256, "base")  # no tuned g_s
     folder = tmp_path / "images"
     folder.mkdir()
     Image.fromarray(synthetic_image(64, 64)).save(folder / "a.png")
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_diffusion_sweep.py"
-    spec = importlib.util.spec_from_file_location("bench_diffusion_sweep", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _sweep_script()
     out = tmp_path / "sweep"
     monkeypatch.setattr("sys.argv", ["bench", "--dir", str(folder), "--qualities", "0.5", "--model", str(base),
                                      "--diffusion", str(candidate), "--variants", "main", "--out", str(out)])
@@ -113,3 +119,32 @@ def test_sweep_benchmark_compares_another_diffusion_file_on_the_main_curves(swee
     own = np.asarray(ldcodec.load(base).decode(blob, steps=4))
     other = np.asarray(ldcodec.load(base, diffusion=candidate).decode(blob, steps=4))
     assert not np.array_equal(own, other)
+
+
+def test_a_candidate_check_without_out_prints_and_never_replaces_the_committed_sweep(
+        sweep_codec, tmp_path, monkeypatch, capsys):
+    """Only the full sweep of the shipped decoder writes to docs/results by default (a check once clobbered it)."""
+    _, base = sweep_codec
+    folder = tmp_path / "images"
+    folder.mkdir()
+    Image.fromarray(synthetic_image(64, 64)).save(folder / "a.png")
+    work = tmp_path / "checkout"
+    (work / "docs" / "results").mkdir(parents=True)
+    committed = work / "docs" / "results" / "diffusion-sweep.md"
+    committed.write_text("the full sweep\n")
+    monkeypatch.chdir(work)
+    bench = _sweep_script()
+    monkeypatch.setattr(bench, "run_sweep", lambda *a, **k: run_sweep(*a, **{**k, "lpips": False}))
+    monkeypatch.setattr("sys.argv", ["bench", "--dir", str(folder), "--qualities", "0.5", "--model", str(base),
+                                     "--variants", "main", "--limit", "1"])
+    bench.main()
+    captured = capsys.readouterr()
+    assert "| K=4 dpmpp matched" in captured.out and "nothing written" in captured.err
+    assert committed.read_text() == "the full sweep\n"
+    assert sorted(p.name for p in (work / "docs" / "results").iterdir()) == ["diffusion-sweep.md"]
+
+    parse, report_path = bench.build_parser().parse_args, bench.report_path
+    assert str(report_path(parse(["--qualities", "0.25,0.35"]))) == "docs/results/diffusion-sweep"
+    for partial in (["--limit", "8"], ["--diffusion", "x.safetensors"], ["--variants", "main"], ["--model", "hp-v9"]):
+        assert report_path(parse(partial)) is None, partial
+    assert str(report_path(parse(["--limit", "8", "--out", "/tmp/check"]))) == "/tmp/check"
