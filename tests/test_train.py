@@ -71,6 +71,18 @@ def test_learning_rate_schedule_warms_up_and_decays():
     assert learning_rate(cfg, 75) < 1e-3
 
 
+def test_a_warm_up_that_starts_inside_the_decay_ramps_to_the_decayed_lr_without_overshooting_it():
+    """``--init-from`` a file past the decay's start: the lr must not jump to the full lr and fall back."""
+    cfg = TrainConfig(data="x", steps=100, lr=1e-3, min_lr=1e-5, warmup=10, decay_fraction=0.5)
+    plain = [learning_rate(cfg, s) for s in range(60, 101)]
+    rewarmed = [learning_rate(cfg, s, warmup_start=60) for s in range(60, 101)]
+    assert rewarmed[0] == pytest.approx(plain[0] / 10)
+    assert rewarmed[9] == pytest.approx(plain[9])  # the ramp ends on the schedule
+    assert rewarmed[10:] == plain[10:]
+    assert all(r <= p for r, p in zip(rewarmed, plain))
+    assert all(a <= b for a, b in zip(rewarmed[:10], rewarmed[1:10]))  # rises during the warm-up
+
+
 def test_held_out_split_is_stable_and_disjoint(tmp_path):
     for i in range(60):
         (tmp_path / f"{i:03d}.png").write_bytes(b"x")

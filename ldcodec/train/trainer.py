@@ -117,18 +117,23 @@ def restore_sigterm(previous, stop_requested: list, step: int) -> None:
 
 
 def learning_rate(cfg: TrainConfig, step: int, warmup_start: int = 0) -> float:
-    """Linear warm-up from ``warmup_start`` (0, or the step a fresh optimizer began), then cosine decay.
+    """Constant lr, then cosine decay over the last ``decay_fraction`` of ``steps``, scaled by a linear
+    warm-up from ``warmup_start`` (0, or the step a fresh optimizer began).
 
-    ``cfg`` needs ``lr``, ``min_lr``, ``warmup``, ``steps`` and ``decay_fraction`` (shared with
+    The warm-up ramps towards the scheduled lr, so a run resumed inside the decay (``--init-from`` a
+    file past the decay's start) never overshoots it. ``cfg`` needs ``lr``, ``min_lr``, ``warmup``,
+    ``steps`` and ``decay_fraction`` (shared with
     :class:`ldcodec.train.diffusion_trainer.DiffusionTrainConfig`).
     """
-    if step - warmup_start < cfg.warmup:
-        return cfg.lr * (step - warmup_start + 1) / cfg.warmup
     decay_start = int(cfg.steps * (1.0 - cfg.decay_fraction))
     if step < decay_start:
-        return cfg.lr
-    progress = min(1.0, (step - decay_start) / max(1, cfg.steps - decay_start))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+        scheduled = cfg.lr
+    else:
+        progress = min(1.0, (step - decay_start) / max(1, cfg.steps - decay_start))
+        scheduled = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + math.cos(math.pi * progress))
+    if step - warmup_start < cfg.warmup:
+        return scheduled * (step - warmup_start + 1) / cfg.warmup
+    return scheduled
 
 
 def rd_terms(model: HyperpriorModel, x: torch.Tensor, quality: torch.Tensor, bf16: bool,
