@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -13,7 +14,9 @@ from safetensors.torch import load_file, save_file
 import ldcodec
 from ldcodec.codec.denoiser import LatentDenoiser
 from ldcodec.codec.diffusion_weights import DiffusionWeightsError, diffusion_path_for, export_denoiser
+from ldcodec.codec.model import HyperpriorModel, ModelConfig
 from ldcodec.codec.residual_synthesis import BLOCKS_KEY, ResidualSynthesis, blocks_of, with_residual_blocks
+from ldcodec.codec.tiling import DEFAULT_MARGIN, SYNTHESIS_MARGIN, synthesise_tiled
 from ldcodec.codec.transforms import FrozenGDN
 from ldcodec.codec.weights import load_weights
 from tests.conftest import synthetic_image
@@ -180,3 +183,57 @@ def test_synthesis_from_base_takes_the_denoiser_from_the_file_and_g_s_from_the_b
         assert not torch.allclose(kept.synthesis(y), fresh.synthesis(y))
     with pytest.raises(SystemExit, match="synthesis_from"):
         trainer("elsewhere", "bad")
+
+
+def test_more_blocks_can_be_added_to_a_files_synthesis_and_its_own_are_kept(tmp_path):
+    """A file's synthesis with blocks (1,) starts one with blocks (0, 1, 3): its block kept, the new ones the identity."""
+    pytest.importorskip("lpips")
+    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig, DiffusionTrainer
+
+    images = _image_folder(tmp_path)
+    base = tiny_base(tmp_path)
+    tuned = _randomised(with_residual_blocks(_g_s(base), (1,)))
+    init_file = tmp_path / "one-block.safetensors"
+    export_denoiser(LatentDenoiser(TINY_DENOISER), init_file, load_weights(base).sha256, "base", info={"steps": 10},
+                    synthesis=tuned)
+
+    def trainer(blocks, run):
+        return DiffusionTrainer(DiffusionTrainConfig(
+            data=str(images), base=str(base), run=run, steps=10, batch=2, crop=64, threads=1, precision="fp32",
+            checkpoint_dir=str(tmp_path / "ckpt"), scale_batches=1, denoiser=TINY_DENOISER,
+            lpips_weights=str(_fake_lpips_file(tmp_path)), perceptual_steps=(1,), init_from=str(init_file),
+            synthesis_blocks=blocks))
+
+    more = trainer((0, 1, 3), "more")
+    assert blocks_of(more.synthesis) == (0, 1, 3)
+    for k, v in tuned.blocks["1"].state_dict().items():
+        assert torch.equal(more.synthesis.blocks["1"].state_dict()[k], v.half().float()), k
+    y = torch.randn(1, 24, 4, 4)
+    with torch.no_grad():
+        file_synthesis = copy.deepcopy(tuned)
+        for p in file_synthesis.parameters():
+            p.copy_(p.half().float())  # as stored
+        assert torch.allclose(more.synthesis(y), file_synthesis(y), atol=1e-6)
+    with pytest.raises(SystemExit, match=r"synthesis blocks \[1\], not all of them in \[3\]"):
+        trainer((3,), "fewer")
+
+
+def test_a_synthesis_with_every_block_decodes_the_same_tiled_and_whole():
+    """Blocks after every g_s layer reach -5...+6 latents: the default synthesis margin covers that, 4 would not."""
+    torch.manual_seed(0)
+    g_s = HyperpriorModel(ModelConfig(channels=16, latent_channels=24, gain_levels=4)).g_s
+    synthesis = _randomised(with_residual_blocks(g_s, (0, 1, 2, 3, 4, 5))).eval()
+    for block in synthesis.blocks.values():
+        with torch.no_grad():
+            block.conv2.weight.mul_(20)  # strong enough that a short margin shows in 8-bit pixels
+    y = torch.randn(1, 24, 14, 14) * 4
+    assert SYNTHESIS_MARGIN > DEFAULT_MARGIN
+    out = {}
+    with torch.no_grad():
+        for name, options in (("whole", dict(tile=14)), ("tiled", dict(tile=3)),  # the default margin
+                              ("short", dict(tile=3, margin=DEFAULT_MARGIN))):
+            rgb = np.zeros((224, 224, 3), np.uint8)
+            synthesise_tiled(synthesis, y, rgb, **options)
+            out[name] = rgb.astype(np.int16)
+    assert np.abs(out["whole"] - out["tiled"]).max() <= 1
+    assert np.abs(out["whole"] - out["short"]).max() > 1

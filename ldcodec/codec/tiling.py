@@ -7,9 +7,12 @@ with its margin, and keep only its centre. Peak memory then depends on the tile
 size, not on the image size. Tiling happens in the transforms only: the
 bitstream is the same whether or not the encoder or decoder tiled.
 
-Receptive fields (four 5×5 stride-2 layers): a latent sees about ±46 pixels and
-a pixel of ``g_s`` sees about ±4 latents, so the default margin of
-:data:`DEFAULT_MARGIN` latents (64 pixels) covers both.
+Receptive fields (four 5×5 stride-2 layers): a latent sees about ±46 pixels, so
+the analysis margin of :data:`DEFAULT_MARGIN` latents (64 pixels) covers it. A pixel
+of the plain ``g_s`` sees −2…+3 latents; residual blocks (``residual_synthesis``)
+widen that: to −4…+5 after its four 1/8- and 1/4-resolution layers, to −5…+6 after
+all six allowed positions. Synthesis therefore keeps :data:`SYNTHESIS_MARGIN`
+latents of context, enough for any block positions.
 """
 
 from __future__ import annotations
@@ -24,8 +27,10 @@ from ldcodec.codec.transforms import LATENT_STRIDE
 
 #: Tile edge in latents (64 latents = 1024 pixels).
 DEFAULT_TILE = 64
-#: Context on each side of a tile, in latents.
+#: Context on each side of a tile, in latents (analysis).
 DEFAULT_MARGIN = 4
+#: Context on each side of a synthesis tile, in latents: g_s with every residual block reaches 6.
+SYNTHESIS_MARGIN = 6
 
 
 @dataclass(frozen=True)
@@ -55,7 +60,7 @@ def latent_tiles(height: int, width: int, tile: int = DEFAULT_TILE, margin: int 
 
 
 def synthesise_tiled(synthesise: Callable[[torch.Tensor], torch.Tensor], y_hat: torch.Tensor,
-                     out: np.ndarray, tile: int = DEFAULT_TILE, margin: int = DEFAULT_MARGIN) -> None:
+                     out: np.ndarray, tile: int = DEFAULT_TILE, margin: int = SYNTHESIS_MARGIN) -> None:
     """Run ``synthesise`` (latents 1×C×h×w -> image 1×3×16h×16w in [0,1]) tile by tile.
 
     Writes rounded uint8 pixels into ``out`` (H×W×3, H ≤ 16h, W ≤ 16w): only one

@@ -370,13 +370,14 @@ class DiffusionTrainer:
             self.denoiser.latent_scale.copy_(self.measure_latent_scale())
 
     def _init_synthesis(self, loaded) -> None:
-        """Start the perceptual synthesis from a file's: the same blocks, or a plain g_s under new blocks."""
+        """Start the perceptual synthesis from a file's: its g_s and blocks, plus any new blocks (the identity)."""
         ours, theirs = blocks_of(self.synthesis), blocks_of(loaded)
-        if theirs and theirs != ours:
-            raise SystemExit(f"{self.cfg.init_from} has synthesis blocks {list(theirs)}, not {list(ours)}")
+        if not set(theirs) <= set(ours):
+            raise SystemExit(f"{self.cfg.init_from} has synthesis blocks {list(theirs)}, not all of them in {list(ours)}")
         load_synthesis(self.synthesis, loaded)
-        if ours != theirs:  # the file's plain g_s under our blocks
-            print(f"residual blocks after g_s layers {list(ours)} added to {self.cfg.init_from}'s synthesis", flush=True)
+        if ours != theirs:  # the file's synthesis under more blocks
+            added = sorted(set(ours) - set(theirs))
+            print(f"residual blocks after g_s layers {added} added to {self.cfg.init_from}'s synthesis", flush=True)
 
     def save_checkpoint(self) -> None:
         atomic_torch_save({
