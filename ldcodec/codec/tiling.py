@@ -11,8 +11,9 @@ Receptive fields (four 5×5 stride-2 layers): a latent sees about ±46 pixels, s
 the analysis margin of :data:`DEFAULT_MARGIN` latents (64 pixels) covers it. A pixel
 of ``g_s`` with residual blocks (``residual_synthesis``) after layers 1 and 3 (the
 base g_s of hp-v9 and hp-v10) sees −2…+3 latents; blocks after all four 1/8- and
-1/4-resolution layers widen that to −4…+5, blocks at all six allowed positions to −5…+6. Synthesis therefore keeps :data:`SYNTHESIS_MARGIN`
-latents of context, enough for any block positions.
+1/4-resolution layers widen that to −4…+5, blocks at all six allowed positions to
+−5…+6. Synthesis therefore keeps :data:`SYNTHESIS_MARGIN` latents of context,
+enough for any block positions.
 """
 
 from __future__ import annotations

@@ -372,11 +372,13 @@ class DiffusionTrainer:
     def _init_synthesis(self, loaded) -> None:
         """Start the perceptual synthesis from a file's: its g_s and blocks, plus any new blocks (the identity)."""
         ours, theirs = blocks_of(self.synthesis), blocks_of(loaded)
-        if not set(theirs) <= set(ours):
-            raise SystemExit(f"{self.cfg.init_from} has synthesis blocks {list(theirs)}, not all of them in {list(ours)}")
-        load_synthesis(self.synthesis, loaded)
-        if ours != theirs:  # the file's synthesis under more blocks
-            added = sorted(set(ours) - set(theirs))
+        try:
+            load_synthesis(self.synthesis, loaded)  # refuses a file with blocks we lack
+        except ValueError:
+            raise SystemExit(f"{self.cfg.init_from} has synthesis blocks {list(theirs)}, "
+                             f"not all of them in {list(ours)}") from None
+        added = sorted(set(ours) - set(theirs))
+        if added:
             print(f"residual blocks after g_s layers {added} added to {self.cfg.init_from}'s synthesis", flush=True)
 
     def save_checkpoint(self) -> None:
