@@ -38,6 +38,10 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
 @click.option("--mse-weight-low", default=0.0, show_default=True,
               help="Pixel-MSE weight at quality 0, log-interpolated to --mse-weight at quality 1 (low rates lean "
               "towards LPIPS); 0 = --mse-weight at every rate.")
+@click.option("--low-rate-share", default=0.0, show_default=True,
+              help="Share of batches whose quality is drawn from [0, --low-rate-quality] instead of [0, 1] "
+              "(more training at the low rates); 0 = uniform.")
+@click.option("--low-rate-quality", default=0.45, show_default=True, help="Top quality of those batches.")
 @click.option("--adversarial-weight", default=0.0, show_default=True,
               help="Weight of an adversarial term (conditional patch discriminator, trained alongside) in that "
               "loss; 0 = none.")
@@ -51,8 +55,9 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
 @click.option("--seed", default=0, show_default=True)
 def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
                             checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, synthesis_from,
-                            perceptual_weight, mse_weight, mse_weight_low, adversarial_weight, denoiser_perceptual_weight,
-                            discriminator_lr, synthesis_lr, synthesis_blocks, seed):
+                            perceptual_weight, mse_weight, mse_weight_low, low_rate_share, low_rate_quality,
+                            adversarial_weight, denoiser_perceptual_weight, discriminator_lr, synthesis_lr,
+                            synthesis_blocks, seed):
     """Train the diffusion decoder of a base model on the images in DATA (resumes from the run's checkpoint).
 
     The base model stays frozen (encoder and bitstream do not change); the denoiser
@@ -75,6 +80,7 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
         max_minutes=max_minutes, export=export_path, init_from=init_from,
         synthesis_from=synthesis_from, seed=seed,
         perceptual_weight=perceptual_weight, mse_weight=mse_weight, mse_weight_low=mse_weight_low,
+        low_rate_share=low_rate_share, low_rate_quality=low_rate_quality,
         adversarial_weight=adversarial_weight, denoiser_perceptual_weight=denoiser_perceptual_weight,
         discriminator_lr=discriminator_lr,
         synthesis_lr=synthesis_lr, synthesis_blocks=synthesis_blocks,

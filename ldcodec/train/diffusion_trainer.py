@@ -109,6 +109,10 @@ class DiffusionTrainConfig:
     mse_weight: float = 150.0
     #: MSE weight at quality 0 (log-interpolated to ``mse_weight`` at quality 1); 0 = ``mse_weight`` at every rate.
     mse_weight_low: float = 0.0
+    #: Share of batches whose quality is drawn from [0, ``low_rate_quality``] instead of [0, 1]: more of the
+    #: scarce training at the low rates, where the diffusion decoder matters (0: uniform on [0, 1]).
+    low_rate_share: float = 0.0
+    low_rate_quality: float = 0.45
     #: Weight of the adversarial term in the perceptual synthesis' loss (0: none, no discriminator).
     adversarial_weight: float = 0.0
     #: Learning rate of the discriminator (Adam, betas 0.5 / 0.999).
@@ -139,6 +143,9 @@ class DiffusionTrainer:
         self.cfg = cfg
         if cfg.synthesis_from not in SYNTHESIS_STARTS:
             raise SystemExit(f"synthesis_from must be one of {', '.join(SYNTHESIS_STARTS)}, not {cfg.synthesis_from!r}")
+        if not 0.0 <= cfg.low_rate_share <= 1.0 or not 0.0 < cfg.low_rate_quality <= 1.0:
+            raise SystemExit(f"the low-rate share must be in [0, 1] and its quality in (0, 1], not "
+                             f"{cfg.low_rate_share} and {cfg.low_rate_quality}")
         self.device = pick_device(cfg.device)
         self.bf16 = use_bf16(cfg.precision, self.device)
         keep_large_allocations()  # large batches' activations reused, not page-faulted in each step
@@ -402,6 +409,7 @@ class DiffusionTrainer:
                 "batch": self.cfg.batch, "crop": self.cfg.crop, "lr": self.cfg.lr, "device": str(self.device),
                 "perceptual_weight": self.cfg.perceptual_weight, "mse_weight": self.cfg.mse_weight,
                 "mse_weight_low": self.mse_weight_low,
+                "low_rate_share": self.cfg.low_rate_share, "low_rate_quality": self.cfg.low_rate_quality,
                 "adversarial_weight": self.cfg.adversarial_weight,
                 "denoiser_perceptual_weight": self.cfg.denoiser_perceptual_weight,
                 "synthesis_lr": self.cfg.synthesis_lr, "synthesis_from": self.cfg.synthesis_from,
@@ -411,6 +419,14 @@ class DiffusionTrainer:
                 "torch": torch.__version__}
         return export_denoiser(self.denoiser, path, self.base_weights.sha256, self.base_weights.model_id, info,
                                synthesis=self.synthesis)
+
+    def draw_quality(self) -> torch.Tensor:
+        """The quality of the next batch (shape (1,)): uniform on [0, 1], or, in a share
+        ``low_rate_share`` of batches, uniform on [0, ``low_rate_quality``]."""
+        quality = torch.rand(1)
+        if self.cfg.low_rate_share > 0 and float(torch.rand(1)) < self.cfg.low_rate_share:
+            quality = quality * self.cfg.low_rate_quality
+        return quality.to(self.device)
 
     # Validation ---------------------------------------------------------------------
     def _validation_batch(self, images: int) -> torch.Tensor:
@@ -491,7 +507,7 @@ class DiffusionTrainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
             x = torch.from_numpy(self.sampler.batch(cfg.batch)).to(self.device)
-            quality = torch.rand(1, device=self.device).expand(cfg.batch).contiguous()
+            quality = self.draw_quality().expand(cfg.batch).contiguous()
             terms = self.loss_terms(x, quality)
             loss = terms["loss"]
             if self.synthesis is not None:
