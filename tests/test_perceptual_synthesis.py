@@ -15,7 +15,8 @@ import ldcodec
 from ldcodec.codec.denoiser import LatentDenoiser
 from ldcodec.codec.diffusion_weights import DiffusionWeightsError, diffusion_path_for, export_denoiser
 from ldcodec.codec.model import HyperpriorModel, ModelConfig
-from ldcodec.codec.residual_synthesis import BLOCKS_KEY, ResidualSynthesis, blocks_of, with_residual_blocks
+from ldcodec.codec.residual_synthesis import (BLOCKS_KEY, LATENT_STAGE_KEY, ResidualSynthesis, blocks_of,
+                                              with_residual_blocks)
 from ldcodec.codec.tiling import DEFAULT_MARGIN, SYNTHESIS_MARGIN, synthesise_tiled
 from ldcodec.codec.transforms import FrozenGDN
 from ldcodec.codec.weights import load_weights
@@ -81,18 +82,20 @@ def test_a_diffusion_file_with_blocks_decodes_with_them_and_steps_0_is_untouched
     assert codec.decode(blob).tobytes() == steps0.tobytes()
 
 
-@pytest.mark.parametrize("value", ["[99]", "oops", "[true]", '{"a": 1}'])
-def test_bad_block_metadata_is_a_clear_error(tmp_path, value):
+@pytest.mark.parametrize("key, value", [(BLOCKS_KEY, v) for v in ("[99]", "oops", "[true]", '{"a": 1}')]
+                         + [(LATENT_STAGE_KEY, v) for v in ("[1, 100000]", "oops", "[2]", "[]", "[true, 8]", '{"a": 1}')])
+def test_bad_block_metadata_is_a_clear_error(tmp_path, key, value):
+    """Bad block positions or latent-stage shapes (one asks for a huge allocation) are refused, not built."""
     base = tiny_base(tmp_path)
     path = diffusion_path_for(base)
     export_denoiser(LatentDenoiser(TINY_DENOISER), path, load_weights(base).sha256, "base",
-                    synthesis=with_residual_blocks(_g_s(base), (1,)))
+                    synthesis=with_residual_blocks(_g_s(base), (1,), (2, 8)))
     with safe_open(str(path), "pt") as f:
         metadata = dict(f.metadata())
-    save_file(load_file(str(path)), str(path), {**metadata, BLOCKS_KEY: value})
+    save_file(load_file(str(path)), str(path), {**metadata, key: value})
     codec = ldcodec.load(base)
     blob = codec.encode(synthetic_image(24, 32), quality=0.5)
-    with pytest.raises(DiffusionWeightsError, match="synthesis_blocks|do not match"):
+    with pytest.raises(DiffusionWeightsError, match=f"{key}|latent stage|do not match"):
         codec.decode(blob, steps=1)
 
 

@@ -52,12 +52,15 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
 @click.option("--synthesis-lr", default=5e-5, show_default=True, help="Learning rate of the fine-tuned synthesis.")
 @synthesis_blocks_option("Comma-separated g_s layer indexes to follow with a residual block in the fine-tuned "
                          "synthesis (e.g. 1,3: at 1/8 and 1/4 resolution); empty = the plain g_s.")
+@click.option("--synthesis-latent-stage", default="", show_default=True, callback=lambda ctx, param, value: _stage(value),
+              help="BLOCKS,WIDTH: a latent stage in the fine-tuned synthesis, BLOCKS residual blocks of WIDTH channels "
+              "on the latents before g_s's first layer (cheap capacity); empty = none.")
 @click.option("--seed", default=0, show_default=True)
 def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
                             checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, synthesis_from,
                             perceptual_weight, mse_weight, mse_weight_low, low_rate_share, low_rate_quality,
                             adversarial_weight, denoiser_perceptual_weight, discriminator_lr, synthesis_lr,
-                            synthesis_blocks, seed):
+                            synthesis_blocks, synthesis_latent_stage, seed):
     """Train the diffusion decoder of a base model on the images in DATA (resumes from the run's checkpoint).
 
     The base model stays frozen (encoder and bitstream do not change); the denoiser
@@ -83,6 +86,16 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
         low_rate_share=low_rate_share, low_rate_quality=low_rate_quality,
         adversarial_weight=adversarial_weight, denoiser_perceptual_weight=denoiser_perceptual_weight,
         discriminator_lr=discriminator_lr,
-        synthesis_lr=synthesis_lr, synthesis_blocks=synthesis_blocks,
+        synthesis_lr=synthesis_lr, synthesis_blocks=synthesis_blocks, synthesis_latent_stage=synthesis_latent_stage,
     )
     DiffusionTrainer(cfg).run()
+
+
+def _stage(value: str) -> tuple[int, ...]:
+    """``--synthesis-latent-stage``: "" or "BLOCKS,WIDTH", checked here so a bad value is a usage error."""
+    from ldcodec.codec.residual_synthesis import check_stage_shape
+
+    try:
+        return check_stage_shape(tuple(int(part) for part in value.split(",") if part.strip()))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc) if "latent stage" in str(exc) else f"BLOCKS,WIDTH, not {value!r}") from None

@@ -24,7 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 
-from ldcodec.codec.residual_synthesis import blocks_from_metadata, blocks_metadata, plain_layers, with_residual_blocks
+from ldcodec.codec.residual_synthesis import (blocks_from_metadata, blocks_metadata, plain_layers, stage_from_metadata,
+                                              with_residual_blocks)
 from ldcodec.codec.weights import save_safetensors_atomically
 from ldcodec.errors import LdcodecError
 
@@ -132,13 +133,14 @@ def load_denoiser(path: str | Path, base_sha256: bytes | None, latent_channels: 
     synthesis = None
     try:
         blocks = blocks_from_metadata(metadata)
+        stage = stage_from_metadata(metadata)
     except ValueError as exc:
         raise DiffusionWeightsError(f"diffusion weights {path.name}: {exc}") from None
     try:
         denoiser.load_state_dict({k: v for k, v in tensors.items() if not k.startswith(SYNTHESIS_PREFIX)})
         if synthesis_state and base_synthesis is not None:
-            # The file records every block of its synthesis: build them on the base's plain layers.
-            synthesis = with_residual_blocks(copy.deepcopy(plain_layers(base_synthesis)), blocks).cpu().float()
+            # The file records every block (and latent stage) of its synthesis: build them on the base's plain layers.
+            synthesis = with_residual_blocks(copy.deepcopy(plain_layers(base_synthesis)), blocks, stage).cpu().float()
             synthesis.load_state_dict(synthesis_state)
             synthesis.eval()
     except (RuntimeError, ValueError) as exc:

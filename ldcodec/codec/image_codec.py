@@ -23,7 +23,8 @@ from ldcodec.codec.allocator import keep_large_allocations
 from ldcodec.codec.diffusion_weights import diffusion_path_for
 from ldcodec.codec.entropy_parameters import Z_RADIUS
 from ldcodec.codec.latent_coding import LatentCoder
-from ldcodec.codec.tiling import DEFAULT_TILE, analyse_tiled, synthesise_tiled
+from ldcodec.codec.residual_synthesis import synthesis_reach
+from ldcodec.codec.tiling import DEFAULT_TILE, SYNTHESIS_MARGIN, analyse_tiled, synthesise_tiled
 from ldcodec.codec.image_io import decode_alpha, encode_alpha, finish_image, prepare_image
 from ldcodec.codec.precision import resolve_precision
 from ldcodec.codec.transforms import HYPER_STRIDE, freeze_gdn, synthesis_transform
@@ -274,7 +275,8 @@ class ImageCodec:
         rgb = np.empty((h.height, h.width, 3), dtype=np.uint8)
         with torch.inference_mode(), self._autocast():
             synthesise = self._synthesis_for(steps)
-            synthesise_tiled(lambda part: synthesise(part, quality), y, rgb, self._tile_for(*y.shape[2:]))
+            margin = SYNTHESIS_MARGIN + (synthesis_reach(self._diffusion_synthesis) if steps > 0 else 0)
+            synthesise_tiled(lambda part: synthesise(part, quality), y, rgb, self._tile_for(*y.shape[2:]), margin)
         return finish_image(rgb, h.mode, alpha)
 
     def _diffuse(self, denoiser, y: torch.Tensor, quality: torch.Tensor, steps: int, seed: int, sampler: str,

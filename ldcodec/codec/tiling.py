@@ -13,7 +13,8 @@ of ``g_s`` with residual blocks (``residual_synthesis``) after layers 1 and 3 (t
 base g_s of hp-v9 and hp-v10) sees −2…+3 latents; blocks after all four 1/8- and
 1/4-resolution layers widen that to −4…+5, blocks at all six allowed positions to
 −5…+6. Synthesis therefore keeps :data:`SYNTHESIS_MARGIN` latents of context,
-enough for any block positions.
+enough for any block positions; a perceptual synthesis with a latent stage adds the
+stage's reach to that (``residual_synthesis.synthesis_reach``).
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
 from ldcodec.codec.diffusion_weights import export_denoiser, load_denoiser
 from ldcodec.codec.entropy_parameters import MEAN_GRID
 from ldcodec.codec.latent_diffusion import matched_timestep, sample_latents, training_alphas_cumprod
-from ldcodec.codec.residual_synthesis import block_positions, blocks_of, load_synthesis, with_residual_blocks
+from ldcodec.codec.residual_synthesis import (block_positions, blocks_of, check_stage_shape, load_synthesis, stage_of,
+                                              with_residual_blocks)
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import load_weights
 from ldcodec.train.data import CropSampler, split_images
@@ -125,6 +126,9 @@ class DiffusionTrainConfig:
     #: g_s layer indexes followed by a residual block in the perceptual synthesis (empty: the plain g_s;
     #: see :mod:`ldcodec.codec.residual_synthesis`).
     synthesis_blocks: tuple[int, ...] = ()
+    #: (blocks, width) of a latent stage before g_s's first layer in the perceptual synthesis (empty: none;
+    #: see :class:`ldcodec.codec.residual_synthesis.LatentStage`).
+    synthesis_latent_stage: tuple[int, ...] = ()
     #: Sampler step counts whose outputs the perceptual synthesis is trained on (one drawn per step).
     perceptual_steps: tuple[int, ...] = (1, 2, 4)
     #: LPIPS weights file (default: the provisioned cache, see ldcodec.eval.lpips_weights).
@@ -171,9 +175,10 @@ class DiffusionTrainer:
 
             self.lpips = lpips_network(cfg.lpips_weights or None).to(self.device)
             try:
-                self.synthesis = with_residual_blocks(copy.deepcopy(self.base.g_s), tuple(cfg.synthesis_blocks))
+                self.synthesis = with_residual_blocks(copy.deepcopy(self.base.g_s), tuple(cfg.synthesis_blocks),
+                                                      check_stage_shape(cfg.synthesis_latent_stage))
             except ValueError as exc:
-                raise SystemExit(f"--synthesis-blocks: {exc}") from None
+                raise SystemExit(f"--synthesis-blocks / --synthesis-latent-stage: {exc}") from None
             self.synthesis.to(self.device).to(memory_format=torch.channels_last)
             for p in self.synthesis.parameters():
                 p.requires_grad_(True)
@@ -341,6 +346,10 @@ class DiffusionTrainer:
                 if saved_blocks != blocks_of(self.synthesis):
                     raise SystemExit(f"{self.checkpoint_path} has synthesis blocks {list(saved_blocks)}, "
                                      f"not {list(blocks_of(self.synthesis))}; keep that setting")
+                saved_stage = tuple(state.get("train_config", {}).get("synthesis_latent_stage", ()))
+                if saved_stage != stage_of(self.synthesis):
+                    raise SystemExit(f"{self.checkpoint_path} has latent stage {list(saved_stage)}, "
+                                     f"not {list(stage_of(self.synthesis))}; keep that setting")
                 self.synthesis.load_state_dict(state["synthesis"])
             if (state.get("discriminator") is not None) != (self.discriminator is not None):
                 raise SystemExit(f"{self.checkpoint_path} was trained "
@@ -380,13 +389,19 @@ class DiffusionTrainer:
         """Start the perceptual synthesis from a file's: its g_s and blocks, plus any new blocks (the identity)."""
         ours, theirs = blocks_of(self.synthesis), blocks_of(loaded)
         try:
-            load_synthesis(self.synthesis, loaded)  # refuses a file with blocks we lack
+            load_synthesis(self.synthesis, loaded)  # refuses a file with blocks (or a latent stage) we lack
         except ValueError:
-            raise SystemExit(f"{self.cfg.init_from} has synthesis blocks {list(theirs)}, "
-                             f"not all of them in {list(ours)}") from None
+            def parts(synthesis, blocks):
+                stage = stage_of(synthesis)
+                return f"{list(blocks)}" + (f" and latent stage {list(stage)}" if stage else "")
+
+            raise SystemExit(f"{self.cfg.init_from} has synthesis blocks {parts(loaded, theirs)}, "
+                             f"not all of them in {parts(self.synthesis, ours)}") from None
         added = sorted(set(ours) - set(theirs))
         if added:
             print(f"residual blocks after g_s layers {added} added to {self.cfg.init_from}'s synthesis", flush=True)
+        if stage_of(self.synthesis) and not stage_of(loaded):
+            print(f"latent stage {list(stage_of(self.synthesis))} added to {self.cfg.init_from}'s synthesis", flush=True)
 
     def save_checkpoint(self) -> None:
         atomic_torch_save({
@@ -414,6 +429,7 @@ class DiffusionTrainer:
                 "denoiser_perceptual_weight": self.cfg.denoiser_perceptual_weight,
                 "synthesis_lr": self.cfg.synthesis_lr, "synthesis_from": self.cfg.synthesis_from,
                 "synthesis_blocks": list(blocks_of(self.synthesis)),
+                "synthesis_latent_stage": list(stage_of(self.synthesis)),
                 "perceptual_steps": list(self.cfg.perceptual_steps),
                 "precision": "bf16" if self.bf16 else "fp32", "machine": platform.processor() or platform.machine(),
                 "torch": torch.__version__}
