@@ -18,10 +18,7 @@ from ldcodec.codec.residual_synthesis import (LATENT_STAGE_KEY, LatentStage, Res
 from ldcodec.codec.weights import load_weights
 from tests.conftest import synthetic_image
 from tests.test_diffusion_decoder import TINY_DENOISER, _fake_lpips_file, _image_folder, tiny_base
-
-
-def _g_s(base_path):
-    return copy.deepcopy(load_weights(base_path).model.g_s).eval()
+from tests.test_perceptual_synthesis import _g_s
 
 
 def _randomised(synthesis: ResidualSynthesis, seed=0, std=0.05, gain=1.0) -> ResidualSynthesis:
