@@ -48,6 +48,9 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
 @click.option("--denoiser-perceptual-weight", default=0.0, show_default=True,
               help="Scale of that loss as it reaches the denoiser through the sampler (on top of its diffusion "
               "loss); 0 = the denoiser learns from the diffusion loss only.")
+@click.option("--grid-weight", default=0.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="Weight of the synthesis grid (the error's 16-pixel periodic component, mean square) in that "
+              "loss: a penalty on the fixed pattern LPIPS alone teaches; 0 = none.")
 @click.option("--discriminator-lr", default=1e-4, show_default=True, help="Learning rate of that discriminator.")
 @click.option("--synthesis-lr", default=5e-5, show_default=True, help="Learning rate of the fine-tuned synthesis.")
 @synthesis_blocks_option("Comma-separated g_s layer indexes to follow with a residual block in the fine-tuned "
@@ -59,8 +62,8 @@ from ldcodec.codec.release import DEFAULT_MODEL_ID
 def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, decay_fraction, device, precision, threads,
                             checkpoint_dir, checkpoint_minutes, max_minutes, export_path, init_from, synthesis_from,
                             perceptual_weight, mse_weight, mse_weight_low, low_rate_share, low_rate_quality,
-                            adversarial_weight, denoiser_perceptual_weight, discriminator_lr, synthesis_lr,
-                            synthesis_blocks, synthesis_latent_stage, seed):
+                            adversarial_weight, denoiser_perceptual_weight, grid_weight, discriminator_lr,
+                            synthesis_lr, synthesis_blocks, synthesis_latent_stage, seed):
     """Train the diffusion decoder of a base model on the images in DATA (resumes from the run's checkpoint).
 
     The base model stays frozen (encoder and bitstream do not change); the denoiser
@@ -85,7 +88,7 @@ def train_diffusion_command(data, base, run, steps, batch, crop, lr, warmup, dec
         perceptual_weight=perceptual_weight, mse_weight=mse_weight, mse_weight_low=mse_weight_low,
         low_rate_share=low_rate_share, low_rate_quality=low_rate_quality,
         adversarial_weight=adversarial_weight, denoiser_perceptual_weight=denoiser_perceptual_weight,
-        discriminator_lr=discriminator_lr,
+        grid_weight=grid_weight, discriminator_lr=discriminator_lr,
         synthesis_lr=synthesis_lr, synthesis_blocks=synthesis_blocks, synthesis_latent_stage=synthesis_latent_stage,
     )
     DiffusionTrainer(cfg).run()

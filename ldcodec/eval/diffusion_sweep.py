@@ -9,8 +9,9 @@ ablations separate what the parts contribute:
 
 They are measurement-only decodes (not offered by the codec's API), built from the
 codec's own pieces so that they match a real decode except for the part left out.
-Results: one row per (variant, quality) with mean bpp, PSNR, MS-SSIM, LPIPS and
-the median decode time, written as CSV and as a markdown table.
+Results: one row per (variant, quality) with mean bpp, PSNR, MS-SSIM, LPIPS, the
+synthesis grid (:func:`ldcodec.eval.metrics.grid_rms`) and the median decode time,
+written as CSV and as a markdown table.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ldcodec.eval.metrics import LpipsMetric, ms_ssim, psnr
+from ldcodec.eval.metrics import LpipsMetric, grid_rms, ms_ssim, psnr
 
 
 @dataclass(frozen=True)
@@ -98,11 +99,12 @@ def run_sweep(codec, images: list[np.ndarray], qualities: list[float], variants:
                 t0 = time.perf_counter()
                 out = decode_variant(codec, blob, v, seed)
                 seconds = time.perf_counter() - t0
-                row = per.setdefault((v, q), {"bpp": [], "psnr": [], "ms_ssim": [], "lpips": [], "seconds": []})
+                row = per.setdefault((v, q), {key: [] for key in ("bpp", "psnr", "ms_ssim", "lpips", "grid", "seconds")})
                 row["bpp"].append(bpp)
                 row["psnr"].append(psnr(rgb, out))
                 row["ms_ssim"].append(ms_ssim(rgb, out))
                 row["lpips"].append(metric(rgb, out) if metric else math.nan)
+                row["grid"].append(grid_rms(rgb, out))
                 row["seconds"].append(seconds)
         log(f"image {i + 1}/{len(images)} done")
     rows = []
@@ -110,7 +112,8 @@ def run_sweep(codec, images: list[np.ndarray], qualities: list[float], variants:
         rows.append({"variant": v.name, "steps": v.steps, "sampler": v.sampler, "start": v.start,
                      "synthesis": v.synthesis, "quality": q, "bpp": float(np.mean(m["bpp"])),
                      "psnr": float(np.mean(m["psnr"])), "ms_ssim": float(np.mean(m["ms_ssim"])),
-                     "lpips": float(np.mean(m["lpips"])), "decode_s": statistics.median(m["seconds"]),
+                     "lpips": float(np.mean(m["lpips"])), "grid_rms": float(np.mean(m["grid"])),
+                     "decode_s": statistics.median(m["seconds"]),
                      "images": len(m["bpp"])})
     return rows
 
@@ -131,12 +134,13 @@ def markdown_table(rows: list[dict]) -> list[str]:
         group = [r for r in rows if r["quality"] == q]
         ref = next((r for r in group if r["steps"] == 0 and r["synthesis"] == "shipped"), None)
         lines += [f"**quality {q:g}** (mean {group[0]['bpp']:.3f} bpp, {group[0]['images']} images)", "",
-                  "| decoder | PSNR (dB) | MS-SSIM | LPIPS | LPIPS vs K=0 | PSNR vs K=0 | decode (s, median) |",
-                  "|---|---:|---:|---:|---:|---:|---:|"]
+                  ("| decoder | PSNR (dB) | MS-SSIM | LPIPS | LPIPS vs K=0 | PSNR vs K=0 | grid (levels) "
+                   "| decode (s, median) |"),
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in group:
             dl = f"{100 * (r['lpips'] / ref['lpips'] - 1):+.1f} %" if ref and ref["lpips"] > 0 else "—"
             dp = f"{r['psnr'] - ref['psnr']:+.2f}" if ref else "—"
             lines.append(f"| {r['variant']} | {r['psnr']:.2f} | {r['ms_ssim']:.4f} | {r['lpips']:.4f} | {dl} | {dp} | "
-                         f"{r['decode_s']:.3f} |")
+                         f"{r['grid_rms']:.2f} | {r['decode_s']:.3f} |")
         lines.append("")
     return lines

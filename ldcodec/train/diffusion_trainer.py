@@ -21,6 +21,9 @@ base model's gained latents y_g and their quantized version ŷ_g = round(y_g −
   keeps little of the image, it leans towards LPIPS; at high rates towards PSNR.
   With ``adversarial_weight`` > 0 the loss also has an adversarial term from a conditional
   patch discriminator (:mod:`ldcodec.train.discriminator`), trained in turn on the same batch.
+  With ``grid_weight`` > 0 it also has ``grid_weight``·(mean square of the error's 16-pixel periodic
+  component), :mod:`ldcodec.eval.grid_artifact`: LPIPS alone taught g_s' a fixed pattern of the
+  synthesis' period, which it scores as texture and a viewer sees as a screen over the image.
 * **Perceptual denoiser** (``denoiser_perceptual_weight`` > 0) — the sampler runs with
   gradients, and that loss reaches the denoiser too, scaled by the weight, on top of its
   diffusion objective (as CDC, Yang & Mandt 2023, adds LPIPS to the x0-parameterised
@@ -55,6 +58,7 @@ from ldcodec.codec.residual_synthesis import (block_positions, blocks_of, check_
                                               with_residual_blocks)
 from ldcodec.codec.release import DEFAULT_MODEL_ID
 from ldcodec.codec.weights import load_weights
+from ldcodec.eval.grid_artifact import grid_power
 from ldcodec.train.data import CropSampler, split_images
 from ldcodec.train.discriminator import PatchDiscriminator, discriminator_loss, generator_loss
 from ldcodec.train.trainer import (
@@ -116,6 +120,9 @@ class DiffusionTrainConfig:
     low_rate_quality: float = 0.45
     #: Weight of the adversarial term in the perceptual synthesis' loss (0: none, no discriminator).
     adversarial_weight: float = 0.0
+    #: Weight of the synthesis grid (the error's 16-pixel periodic component, mean square, images in [0, 1])
+    #: in the perceptual synthesis' loss (0: none; the term is still logged).
+    grid_weight: float = 0.0
     #: Learning rate of the discriminator (Adam, betas 0.5 / 0.999).
     discriminator_lr: float = 1e-4
     #: Scale of the perceptual synthesis' loss as it reaches the denoiser through the sampler
@@ -139,7 +146,7 @@ class DiffusionTrainConfig:
 
 class DiffusionTrainer:
     LOG_FIELDS = ["step", "hours", "lr", "loss", "yhat_loss", "psnr", "lpips", "val_loss", "val_psnr", "val_lpips",
-                  "val_base_psnr", "val_base_lpips", "adv", "disc"]
+                  "val_base_psnr", "val_base_lpips", "adv", "disc", "grid", "val_grid"]
     #: Fixed validation qualities of the perceptual check (the low rates the issue targets, and one higher).
     VALIDATION_QUALITIES = (0.1, 0.4)
 
@@ -186,8 +193,9 @@ class DiffusionTrainer:
         self.optimizer = torch.optim.Adam(groups, lr=cfg.lr)
         self.discriminator = self.d_optimizer = None
         for name, weight in (("adversarial weight", cfg.adversarial_weight),
-                             ("denoiser's perceptual weight", cfg.denoiser_perceptual_weight)):
-            if weight < 0 or (weight > 0 and self.synthesis is None):  # both act through the synthesis' loss
+                             ("denoiser's perceptual weight", cfg.denoiser_perceptual_weight),
+                             ("grid weight", cfg.grid_weight)):
+            if weight < 0 or (weight > 0 and self.synthesis is None):  # all act through the synthesis' loss
                 raise SystemExit(f"the {name} must be ≥ 0 and needs a perceptual synthesis "
                                  f"(perceptual weight > 0), not {weight} with {cfg.perceptual_weight}")
         if cfg.adversarial_weight > 0:
@@ -241,7 +249,7 @@ class DiffusionTrainer:
     def loss_terms(self, x: torch.Tensor, quality: torch.Tensor, generator: torch.Generator | None = None
                    ) -> dict[str, torch.Tensor]:
         """The batch's losses: x0 MSE of the denoiser, MSE of ŷ itself (latent space), and, with a
-        perceptual synthesis, its pixel MSE and LPIPS on the sampler's output."""
+        perceptual synthesis, its pixel MSE, LPIPS and grid (see :func:`objective`) on the sampler's output."""
         y_g, y_hat, inverse_gain = self.latents(x, quality)
         clean = self.denoiser.normalise(y_g, inverse_gain)
         cond = self.denoiser.normalise(y_hat, inverse_gain)
@@ -253,6 +261,7 @@ class DiffusionTrainer:
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
             x_hat = self.perceptual_decode(cond, quality, inverse_gain, steps_choices[pick], seed)
             terms["mse"] = F.mse_loss(x_hat.float(), x)
+            terms["grid"] = grid_power(x_hat, x)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 terms["lpips"] = self.lpips(x_hat * 2 - 1, x * 2 - 1).float().mean()
             if self.discriminator is not None:
@@ -262,6 +271,17 @@ class DiffusionTrainer:
                 self.discriminator.requires_grad_(True)
                 self._last_decode = (x_hat.detach(), cond.detach())
         return terms
+
+    def objective(self, terms: dict[str, torch.Tensor], quality: torch.Tensor) -> torch.Tensor:
+        """What a step minimises: the diffusion loss plus, with a perceptual synthesis, its weighted terms."""
+        cfg = self.cfg
+        loss = terms["loss"]
+        if self.synthesis is not None:
+            loss = loss + self.mse_weight_at(quality[0]) * terms["mse"] + cfg.perceptual_weight * terms["lpips"]
+            loss = loss + cfg.grid_weight * terms["grid"]
+        if self.discriminator is not None:
+            loss = loss + cfg.adversarial_weight * terms["adv"]
+        return loss
 
     def discriminator_step(self, x: torch.Tensor) -> float:
         """One critic update on the batch just decoded by :meth:`loss_terms`: real ``x`` against it."""
@@ -425,7 +445,7 @@ class DiffusionTrainer:
                 "perceptual_weight": self.cfg.perceptual_weight, "mse_weight": self.cfg.mse_weight,
                 "mse_weight_low": self.mse_weight_low,
                 "low_rate_share": self.cfg.low_rate_share, "low_rate_quality": self.cfg.low_rate_quality,
-                "adversarial_weight": self.cfg.adversarial_weight,
+                "adversarial_weight": self.cfg.adversarial_weight, "grid_weight": self.cfg.grid_weight,
                 "denoiser_perceptual_weight": self.cfg.denoiser_perceptual_weight,
                 "synthesis_lr": self.cfg.synthesis_lr, "synthesis_from": self.cfg.synthesis_from,
                 "synthesis_blocks": list(blocks_of(self.synthesis)),
@@ -473,10 +493,10 @@ class DiffusionTrainer:
 
     @torch.no_grad()
     def perceptual_validation(self, images: int = 8, steps: int = 4) -> dict[str, float]:
-        """PSNR and LPIPS of a steps-4 decode (seed 0) on the fixed crops, averaged over the
-        validation qualities; ``base_*``: the same for the distortion-optimal decode g_s(ŷ)."""
+        """PSNR, LPIPS and the grid (RMS, 8-bit levels) of a steps-4 decode (seed 0) on the fixed crops,
+        averaged over the validation qualities; ``base_*``: PSNR and LPIPS of the distortion-optimal decode g_s(ŷ)."""
         x = self._validation_batch(images)
-        rows = {"val_psnr": [], "val_lpips": [], "val_base_psnr": [], "val_base_lpips": []}
+        rows = {"val_psnr": [], "val_lpips": [], "val_base_psnr": [], "val_base_lpips": [], "val_grid": []}
         was_training = self.synthesis.training
         self.synthesis.eval()
         for q in self.VALIDATION_QUALITIES:
@@ -491,6 +511,8 @@ class DiffusionTrainer:
                 out = out.float().clamp(0, 1)
                 rows[prefix + "psnr"].append(10 * math.log10(1 / F.mse_loss(out, x).item()))
                 rows[prefix + "lpips"].append(self.lpips(out * 2 - 1, x * 2 - 1).mean().item())
+                if prefix == "val_":
+                    rows["val_grid"].append(255 * math.sqrt(grid_power(out, x).item()))
         self.synthesis.train(was_training)
         return {k: round(float(np.mean(v)), 4) for k, v in rows.items()}
 
@@ -525,11 +547,7 @@ class DiffusionTrainer:
             x = torch.from_numpy(self.sampler.batch(cfg.batch)).to(self.device)
             quality = self.draw_quality().expand(cfg.batch).contiguous()
             terms = self.loss_terms(x, quality)
-            loss = terms["loss"]
-            if self.synthesis is not None:
-                loss = loss + self.mse_weight_at(quality[0]) * terms["mse"] + cfg.perceptual_weight * terms["lpips"]
-            if self.discriminator is not None:
-                loss = loss + cfg.adversarial_weight * terms["adv"]
+            loss = self.objective(terms, quality)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             for group in self.optimizer.param_groups:
@@ -550,6 +568,7 @@ class DiffusionTrainer:
                 if "mse" in mean:
                     row["psnr"] = round(10 * math.log10(1 / max(mean["mse"], 1e-10)), 3)
                     row["lpips"] = round(mean["lpips"], 4)
+                    row["grid"] = round(255 * math.sqrt(mean["grid"]), 3)  # RMS in 8-bit levels
                 if "adv" in mean:
                     row["adv"], row["disc"] = round(mean["adv"], 4), round(mean["disc"], 4)
                 if self.step % cfg.validate_every == 0:
