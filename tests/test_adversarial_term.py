@@ -32,13 +32,14 @@ def test_the_critic_learns_to_tell_real_from_decoded():
 
 
 def _config(tmp_path, images, base, steps, adversarial_weight, run="adv", **extra):
+    """A tiny training run's settings; ``extra`` adds or overrides any."""
     from ldcodec.train.diffusion_trainer import DiffusionTrainConfig
 
-    return DiffusionTrainConfig(data=str(images), base=str(base), run=run, steps=steps, batch=2, crop=64, warmup=1,
-                                threads=1, precision="fp32", checkpoint_dir=str(tmp_path / "ckpt"), log_every=1,
-                                validate_every=100, scale_batches=1, denoiser=TINY_DENOISER,
-                                lpips_weights=str(_fake_lpips_file(tmp_path)), perceptual_steps=(1,),
-                                adversarial_weight=adversarial_weight, **extra)
+    settings = dict(data=str(images), base=str(base), run=run, steps=steps, batch=2, crop=64, warmup=1, threads=1,
+                    precision="fp32", checkpoint_dir=str(tmp_path / "ckpt"), log_every=1, validate_every=100,
+                    scale_batches=1, denoiser=TINY_DENOISER, lpips_weights=str(_fake_lpips_file(tmp_path)),
+                    perceptual_steps=(1,), adversarial_weight=adversarial_weight)
+    return DiffusionTrainConfig(**{**settings, **extra})
 
 
 def test_the_adversarial_term_trains_the_synthesis_and_the_critic_and_a_run_keeps_it(tmp_path):

@@ -13,7 +13,8 @@ from safetensors import safe_open
 
 from ldcodec.eval.grid_artifact import GRID_PERIOD, grid_power, periodic_component
 from ldcodec.eval.metrics import grid_rms
-from tests.test_diffusion_decoder import TINY_DENOISER, _fake_lpips_file, _image_folder, tiny_base
+from tests.test_adversarial_term import _config as adversarial_config
+from tests.test_diffusion_decoder import _image_folder, tiny_base
 
 
 def _pattern(seed=0) -> torch.Tensor:
@@ -66,13 +67,8 @@ def test_the_penalty_has_a_gradient_towards_removing_the_pattern():
 
 
 def _config(tmp_path, images, base, steps, grid_weight, run="grid", **extra):
-    from ldcodec.train.diffusion_trainer import DiffusionTrainConfig
-
-    return DiffusionTrainConfig(data=str(images), base=str(base), run=run, steps=steps, batch=2, crop=64, warmup=1,
-                                threads=1, precision="fp32", checkpoint_dir=str(tmp_path / "ckpt"), log_every=1,
-                                validate_every=2, scale_batches=1, denoiser=TINY_DENOISER,
-                                lpips_weights=str(_fake_lpips_file(tmp_path)), perceptual_steps=(1,),
-                                grid_weight=grid_weight, **extra)
+    return adversarial_config(tmp_path, images, base, steps, 0.0, run=run, validate_every=2, grid_weight=grid_weight,
+                              **extra)
 
 
 def test_the_grid_penalty_trains_the_synthesis_is_logged_and_recorded(tmp_path):

@@ -99,7 +99,8 @@ def run_sweep(codec, images: list[np.ndarray], qualities: list[float], variants:
                 t0 = time.perf_counter()
                 out = decode_variant(codec, blob, v, seed)
                 seconds = time.perf_counter() - t0
-                row = per.setdefault((v, q), {key: [] for key in ("bpp", "psnr", "ms_ssim", "lpips", "grid", "seconds")})
+                row = per.setdefault((v, q), {key: [] for key in ("bpp", "psnr", "ms_ssim", "lpips", "grid",
+                                                                  "seconds")})
                 row["bpp"].append(bpp)
                 row["psnr"].append(psnr(rgb, out))
                 row["ms_ssim"].append(ms_ssim(rgb, out))

@@ -37,4 +37,3 @@ def periodic_component(error: torch.Tensor, period: int = GRID_PERIOD) -> torch.
 def grid_power(decoded: torch.Tensor, target: torch.Tensor, period: int = GRID_PERIOD) -> torch.Tensor:
     """Mean square of the error's periodic component (images in [0, 1]): the training penalty."""
     return periodic_component(decoded.float() - target.float(), period).square().mean()
-

@@ -61,7 +61,6 @@ def grid_rms(a: np.ndarray, b: np.ndarray) -> float:
 
     if min(a.shape[:2]) < GRID_PERIOD:
         return math.nan
-
     error = torch.from_numpy(b.astype(np.float64) - a.astype(np.float64)).permute(2, 0, 1)[None]
     return float(periodic_component(error).square().mean().sqrt())
 

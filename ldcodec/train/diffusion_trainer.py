@@ -494,7 +494,8 @@ class DiffusionTrainer:
     @torch.no_grad()
     def perceptual_validation(self, images: int = 8, steps: int = 4) -> dict[str, float]:
         """PSNR, LPIPS and the grid (RMS, 8-bit levels) of a steps-4 decode (seed 0) on the fixed crops,
-        averaged over the validation qualities; ``base_*``: PSNR and LPIPS of the distortion-optimal decode g_s(ŷ)."""
+        averaged over the validation qualities; ``base_*``: PSNR and LPIPS of the distortion-optimal
+        decode g_s(ŷ)."""
         x = self._validation_batch(images)
         rows = {"val_psnr": [], "val_lpips": [], "val_base_psnr": [], "val_base_lpips": [], "val_grid": []}
         was_training = self.synthesis.training
