@@ -15,18 +15,16 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 import ldcodec
-from ldcodec.eval.grid_artifact import periodic_component
+from ldcodec.eval.grid_artifact import mean_error_cell
 from ldcodec.eval.metrics import LpipsMetric, grid_rms, psnr
 
 
 def without_grid(reference: np.ndarray, decoded: np.ndarray) -> np.ndarray:
     """``decoded`` minus the periodic component of its error, over the whole cells (uint8)."""
-    error = torch.from_numpy(decoded.astype(np.float64) - reference.astype(np.float64)).permute(2, 0, 1)[None]
-    cell = periodic_component(error)[0].permute(1, 2, 0).numpy()
+    cell = mean_error_cell(reference, decoded)
     h, w = reference.shape[0] // cell.shape[0] * cell.shape[0], reference.shape[1] // cell.shape[1] * cell.shape[1]
     out = decoded.astype(np.float64)
     out[:h, :w] -= np.tile(cell, (h // cell.shape[0], w // cell.shape[1], 1))

@@ -8,11 +8,13 @@ scores the pattern as texture; a viewer sees a screen laid over the image.
 The pattern is the part of the error that is the same in every 16×16 cell of the image.
 Averaging the error over all the cells keeps it, and averages error that follows the
 content down to about its RMS / √cells. One measure serves as the training penalty
-(:func:`grid_power`, differentiable) and as the metric (:func:`ldcodec.eval.metrics.grid_rms`, in 8-bit levels).
+(:func:`grid_power`, differentiable) and as the metric (:func:`ldcodec.eval.metrics.grid_rms`, in 8-bit levels,
+from :func:`mean_error_cell`).
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 #: The synthesis' upsampling factor: the period of the pattern, in pixels.
@@ -37,3 +39,9 @@ def periodic_component(error: torch.Tensor, period: int = GRID_PERIOD) -> torch.
 def grid_power(decoded: torch.Tensor, target: torch.Tensor, period: int = GRID_PERIOD) -> torch.Tensor:
     """Mean square of the error's periodic component (images in [0, 1]): the training penalty."""
     return periodic_component(decoded.float() - target.float(), period).square().mean()
+
+
+def mean_error_cell(reference: np.ndarray, decoded: np.ndarray, period: int = GRID_PERIOD) -> np.ndarray:
+    """:func:`periodic_component` of ``decoded − reference`` for H×W×3 arrays: period×period×3, in their units."""
+    error = torch.from_numpy(decoded.astype(np.float64) - reference.astype(np.float64)).permute(2, 0, 1)[None]
+    return periodic_component(error, period)[0].permute(1, 2, 0).numpy()
