@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import ldcodec
-from ldcodec.codec.denoiser import DenoiserConfig, LatentDenoiser
+from ldcodec.codec.denoiser import DenoiserConfig, Float32GroupNorm, LatentDenoiser
 from ldcodec.codec.diffusion_weights import DiffusionWeightsError, diffusion_path_for, export_denoiser
 from ldcodec.codec.latent_diffusion import (
     MAX_STEPS,
@@ -202,6 +202,45 @@ def test_timestep_schedule_is_even_and_strictly_decreasing():
 def test_default_denoiser_size():
     n = LatentDenoiser(DenoiserConfig(latent_channels=128)).parameter_count()
     assert 3.5e6 <= n <= 4.1e6  # (96, 128): 4 steps at 768x512 fit the 2x-of-steps-0 decode budget
+
+
+def test_group_norms_compute_in_float32_and_keep_the_input_dtype():
+    denoiser = LatentDenoiser(TINY_DENOISER)
+    norms = [m for m in denoiser.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(isinstance(m, Float32GroupNorm) for m in norms)
+    norm = norms[0]
+    torch.nn.init.normal_(norm.weight)
+    torch.nn.init.normal_(norm.bias)
+    x = torch.randn(2, norm.num_channels, 5, 7).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    expected = torch.nn.functional.group_norm(x.float(), norm.num_groups, norm.weight, norm.bias, norm.eps)
+    with torch.no_grad():
+        out = norm(x)
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, expected.to(torch.bfloat16))
+
+
+def test_cast_for_inference_stores_bf16_weights_and_keeps_the_decode():
+    denoiser = random_denoiser()
+    x_t, y_hat = torch.randn(2, 1, LATENT, 6, 8).unbind(0)
+    quality = torch.tensor([0.4])
+    with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+        before = denoiser(x_t, torch.tensor(300), y_hat, quality)
+        denoiser.cast_for_inference(torch.bfloat16)
+        after = denoiser(x_t, torch.tensor(300), y_hat, quality)
+    assert denoiser.unet.conv_in.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for m in denoiser.modules() if isinstance(m, torch.nn.GroupNorm)
+               for p in m.parameters())
+    assert after.dtype == torch.float32 and after.shape == y_hat.shape
+    # the same products up to bf16 rounding of the time embedding's inputs
+    assert (after - before).abs().max() < 0.02 * before.abs().max()
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+def test_the_codec_stores_denoiser_weights_in_its_precision(diffusion_codec, base_path, blobs, precision):
+    codec = ldcodec.load(base_path, precision=precision)  # the file diffusion_codec wrote beside it
+    codec.decode(blobs[0], steps=1, seed=0)
+    expected = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert codec._denoiser.unet.conv_in.weight.dtype == expected
 
 
 # Weights ---------------------------------------------------------------------------------

@@ -31,6 +31,20 @@ from torch import nn
 QUALITY_EMBED_SCALE = 1000.0
 
 
+class Float32GroupNorm(nn.GroupNorm):
+    """GroupNorm computed in float32, returned in its input's dtype.
+
+    Why: on CPU the bf16 channels-last group-norm kernel is several times slower than
+    the float32 one at the denoiser's sizes (128 channels at 16×24: ~320 µs against
+    ~50), and float32 statistics are the more accurate ones anyway.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        return F.group_norm(x.float(), self.num_groups, weight, bias, self.eps).to(x.dtype)
+
+
 @dataclass(frozen=True)
 class DenoiserConfig:
     """Shape of the denoiser; stored in the diffusion weights' metadata."""
@@ -71,6 +85,9 @@ class LatentDenoiser(nn.Module):
             down_block_types=("DownBlock2D",) * levels, up_block_types=("UpBlock2D",) * levels,
             add_attention=False, norm_num_groups=c.norm_num_groups, class_embed_type="timestep",
         )
+        for module in self.unet.modules():
+            if type(module) is nn.GroupNorm:
+                module.__class__ = Float32GroupNorm  # same parameters and state-dict keys
         nn.init.zeros_(self.unet.conv_out.weight)
         nn.init.zeros_(self.unet.conv_out.bias)
         #: Per-channel scale of the ungained latents (fixed after the start of training).
@@ -113,6 +130,19 @@ class LatentDenoiser(nn.Module):
         labels = quality.to(y_hat.device).float().reshape(-1).expand(batch) * QUALITY_EMBED_SCALE
         residual = self.unet(inputs.to(self._dtype()), timestep, class_labels=labels).sample
         return y_hat + residual[:, :, :h, :w].to(y_hat.dtype)
+
+    def cast_for_inference(self, dtype: torch.dtype) -> "LatentDenoiser":
+        """Store the UNet's weights in ``dtype`` (its group norms stay float32), for decoding.
+
+        Why: under bf16 autocast in inference mode, float32 weights are cast again at every
+        call (a profile shows a copy of every convolution weight per step); storing them in
+        bf16 once saves those copies. Inference only: training keeps float32 master weights.
+        """
+        self.unet.to(dtype)
+        for module in self.unet.modules():
+            if isinstance(module, nn.GroupNorm):
+                module.float()
+        return self
 
     def _dtype(self) -> torch.dtype:
         return self.unet.conv_in.weight.dtype
